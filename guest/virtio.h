@@ -62,7 +62,8 @@ struct vq {
 /* A scatter-gather element: guest kernel virtual address + length. */
 struct sg { void *addr; u32 len; };
 
-/* Find the nth (0-based) device of this type on the device page; 0 on success. */
+/* Find the nth (0-based) device of this type on the device page; 0 on success.
+ * Type 0 (which never names a device: it ends the list) matches any type. */
 int virtio_find(u8 type, int nth, struct vdev *out);
 /* Host feature bits 0..31 as offered in the device page. */
 u32 virtio_get_features(struct vdev *d);

@@ -1,0 +1,207 @@
+"""The Host's helper thread: BREAK from the Waker and the Guest's clock event.
+
+In Linux, the Waker's LHREQ_BREAK write woke the Launcher's task out of the Guest
+(break_guest_out() in lguest_user.c) and the clock event was an hrtimer whose callback
+called set_interrupt(cpu, 0).  Here the Guest runs inside unicorn's emu_start() on the
+Launcher's main thread, so something else has to notice those events and stop the
+emulation: one helper thread, which sleeps in select() on
+
+  * our end of a socketpair whose other end the Waker process holds (a byte from the
+    Waker = BREAK; end-of-file = the Waker died),
+  * a pipe the main thread pokes when the clock deadline moves earlier,
+  * the clock deadline itself (the select() timeout).
+
+A stop requested while the main thread is not inside emu_start() is lost (emu_start
+clears it), so the thread keeps calling emu_stop() until the main loop acknowledges the
+event (kick_seen catches up with kick_gen).  The lock makes sure an emu_stop() can only
+land inside an emu_start() entered while the event was unacknowledged, so every return
+from emu_start() has a reason the main loop can find.
+"""
+
+import os
+import select
+import socket
+import sys
+import threading
+import time
+
+# The thread needs the GIL quickly when the main thread is busy in Python hooks.
+SWITCH_INTERVAL = 0.0002
+RETRY = 0.0002            # seconds between repeated emu_stop() while unacknowledged
+
+
+class Breaker:
+    """The Waker's end of the BREAK channel (what the Waker wrote /dev/lguest with).
+
+    write((LHREQ_BREAK, 1)) stops the Guest and blocks until the Launcher clears the
+    BREAK; returns True then, False if the Launcher has gone away.
+    """
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def write(self, req):
+        from .abi import LHREQ_BREAK
+        if len(req) != 2 or req[0] != LHREQ_BREAK or req[1] != 1:
+            raise ValueError("the Waker can only write (LHREQ_BREAK, 1)")
+        try:
+            self._sock.sendall(b"B")
+            return self._sock.recv(1) == b"R"
+        except OSError:
+            return False
+
+    def close(self):
+        self._sock.close()
+
+
+class Channel:
+    """Events for the run loop from the helper thread.  Created at LHREQ_INITIALIZE;
+    the thread starts on the first read() (start()).  All flags are plain attributes:
+    the thread only sets them, the main loop consumes them under .lock."""
+
+    def __init__(self, uc):
+        self.uc = uc
+        self.lock = threading.Lock()
+        self.in_emu = False
+        self.kick_gen = 0          # written by the thread only
+        self.kick_seen = 0         # written by the main loop only
+        self.break_flag = False
+        self.waker_gone = False
+        self.timer_fired = False
+        self.deadline = None       # time.monotonic() of the clock event, or None
+        self._thread_deadline = None
+        self.breaks_received = 0   # thread
+        self.breaks_released = 0   # main
+        self.wake = threading.Event()
+        self.host_sock = None
+        self.waker_sock = None
+        self._ctl_r = self._ctl_w = None
+        self._thread = None
+        self._closing = False
+
+    # --- set-up ----------------------------------------------------------------------
+    def make_breaker(self):
+        """The Waker's handle.  Forked children other than the Waker's own copy of it
+        drop our end, so the Waker sees EOF when the Launcher dies."""
+        if self.host_sock is None:
+            self.host_sock, self.waker_sock = socket.socketpair()
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+            if self._ctl_w is not None:
+                self._poke()          # the thread is already up: make it watch the socket
+        return Breaker(self.waker_sock)
+
+    def _after_fork_in_child(self):
+        # A child must not keep the Host's end open: the Waker would never see EOF.
+        sock = self.host_sock
+        if sock is not None and not self._closing:
+            try:
+                sock.close()
+            except OSError:
+                pass
+            self._closing = True
+            self._thread = None
+
+    def start(self):
+        if self._thread is not None or self._closing:
+            return
+        sys.setswitchinterval(SWITCH_INTERVAL)
+        self._ctl_r, self._ctl_w = os.pipe()
+        os.set_blocking(self._ctl_w, False)
+        self._thread = threading.Thread(target=self._run, name="lguest-host", daemon=True)
+        self._thread.start()
+
+    def close(self):
+        self._closing = True
+        if self._ctl_w is not None:
+            self._poke()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(1.0)
+        for fd in (self._ctl_r, self._ctl_w):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._ctl_r = self._ctl_w = None
+        for s in (self.host_sock, self.waker_sock):
+            if s is not None:
+                s.close()
+
+    def _poke(self):
+        try:
+            os.write(self._ctl_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    # --- the main loop's side --------------------------------------------------------
+    def set_clockevent(self, delta_ns):
+        with self.lock:
+            if delta_ns == 0:
+                self.deadline = None
+                return
+            self.deadline = dl = time.monotonic() + delta_ns / 1e9
+            td = self._thread_deadline
+        if self._ctl_w is not None and (td is None or dl < td):
+            self._poke()
+
+    def release_waker(self):
+        """LHREQ_BREAK, 0: let every blocked BREAK writer go."""
+        n = self.breaks_received - self.breaks_released
+        if n > 0 and self.host_sock is not None:
+            self.breaks_released += n
+            try:
+                self.host_sock.sendall(b"R" * n)
+            except OSError:
+                pass
+
+    # --- the thread ------------------------------------------------------------------
+    def _run(self):
+        while not self._closing:
+            # breaker() may come after the first read(): look for the socket each time.
+            fds = [self._ctl_r]
+            if self.host_sock is not None and not self.waker_gone:
+                fds.append(self.host_sock)
+            with self.lock:
+                dl = self.deadline
+                self._thread_deadline = dl
+                stopping = self.kick_gen != self.kick_seen and self.in_emu
+            timeout = None if dl is None else max(0.0, dl - time.monotonic())
+            if stopping:
+                timeout = RETRY if timeout is None else min(timeout, RETRY)
+            try:
+                r, _, _ = select.select(fds, [], [], timeout)
+            except (OSError, ValueError):
+                return
+            if self._closing:
+                return
+            new = False
+            if self._ctl_r in r:
+                try:
+                    os.read(self._ctl_r, 4096)
+                except OSError:
+                    pass
+            if self.host_sock is not None and self.host_sock in r:
+                try:
+                    data = self.host_sock.recv(64)
+                except OSError:
+                    data = b""
+                if data:
+                    self.breaks_received += len(data)
+                    self.break_flag = True
+                else:
+                    self.waker_gone = True
+                new = True
+            with self.lock:
+                if self.deadline is not None and time.monotonic() >= self.deadline:
+                    self.deadline = None
+                    self.timer_fired = True
+                    new = True
+            if new:
+                self.kick_gen += 1
+                self.wake.set()
+            with self.lock:
+                if self.kick_gen != self.kick_seen and self.in_emu:
+                    self.uc.emu_stop()

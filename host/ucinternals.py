@@ -1,0 +1,276 @@
+"""The one module that knows unicorn 2.1.4's insides.
+
+unicorn never delivers an interrupt through the IDT: every fault and every "int n" comes
+to a Python hook, and the Host delivers it to the Guest itself, as the real Host's
+deliver_trap() did after the Switcher bounced out.  Three things that needs are not in
+unicorn's public API:
+
+  * the #PF error code (the Switcher got it from the CPU's trap frame),
+  * the CPU's "exception in flight" state, which unicorn never clears (upstream issue
+    #1883: after one fault the next arrives as a double fault, the third as a silent
+    triple-fault return from emu_start), and
+  * the current privilege level, which lives in the hidden hflags word.
+
+They all live in QEMU's CPUX86State ("env") inside the engine.  We find env by planting
+register values and searching for them, check every offset we rely on against the public
+register API, and refuse to run on an engine whose layout we do not recognise.  The same
+memory gives us the general registers without the binding's per-call overhead, which is
+what keeps a hypercall round trip near a microsecond.
+
+Layout (x86_64-hosted unicorn 2.1.4 wheel; QEMU 5.0's CPUX86State):
+  regs[16]  u64 @0   (EAX ECX EDX EBX ESP EBP ESI EDI ...)
+  eip       u64 @128          eflags u64 @136 (condition codes live elsewhere)
+  hflags    u32 @176          (CPL in bits 0..1)
+  segs[6]   @184, 24 bytes each {u32 selector; u64 base; u32 limit; u32 flags}
+            in the order ES CS SS DS FS GS
+  cr[5]     u64 @424          (cr0, -, cr2, cr3, cr4)
+  error_code s32 @5384, exception_is_int s32 @5388, exception_next_eip u64 @5392,
+  old_exception s32 @5496
+"""
+
+import ctypes
+import os
+import struct
+
+import unicorn
+from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
+
+REQUIRED_VERSION = "2.1.4"
+
+OFF_EIP = 128
+OFF_EFLAGS = 136
+OFF_HFLAGS = 176
+OFF_SEGS = 184
+SEG_SIZE = 24
+OFF_CR = 424
+OFF_ERROR_CODE = 5384
+OFF_IS_INT = 5388
+OFF_NEXT_EIP = 5392
+OFF_OLD_EXCEPTION = 5496
+ENV_SPAN = 5504                 # bytes of env we map (covers every field above)
+
+HF_CPL_MASK = 3
+
+# Segment register indices in env->segs[]
+R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
+
+# Word index (in UcInternals.d) of %cs's selector: the hypercall hook's privilege check.
+CS_SELECTOR_WORD = (OFF_SEGS + R_CS * SEG_SIZE) // 4
+SS_SELECTOR_WORD = (OFF_SEGS + R_SS * SEG_SIZE) // 4
+
+# Index of each general register in env->regs[] (also QEMU's R_EAX...).
+EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
+
+
+class UnicornMismatch(Exception):
+    """This unicorn is not the one whose insides we know: refuse to run."""
+
+
+def _fail(why):
+    raise UnicornMismatch(
+        "unicorn %s is not supported (pylguest needs unicorn==%s): %s"
+        % (getattr(unicorn, "__version__", "?"), REQUIRED_VERSION, why))
+
+
+def _safe_read(fd, addr, n):
+    """Read our own memory through /proc/self/mem: a bad pointer gives b'', not SIGSEGV."""
+    try:
+        return os.pread(fd, n, addr)
+    except OSError:
+        return b""
+
+
+def _locate_env(uc):
+    """Find env: plant a signature in EAX..EBX and look behind every pointer in uc_struct."""
+    regs = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX)
+    sig_vals = (0x13579BDF, 0x2468ACE0, 0x0F1E2D3C, 0x4B5A6978)
+    saved = [uc.reg_read(r) for r in regs]
+    for r, v in zip(regs, sig_vals):
+        uc.reg_write(r, v)
+    sig = struct.pack("<4Q", *sig_vals)
+    uch = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    found = None
+    try:
+        us = _safe_read(fd, uch, 0x4000)
+        seen = set()
+        for i in range(0, len(us) - 7, 8):
+            p = struct.unpack_from("<Q", us, i)[0]
+            if p < 0x10000 or p > 0x7FFFFFFFFFFF or p in seen:
+                continue
+            seen.add(p)
+            blk = _safe_read(fd, p, 0x20000)
+            j = blk.find(sig)
+            while j >= 0:
+                # A stale copy (another engine's, a freed buffer) would match too:
+                # only the live one follows a register write.
+                if j % 8 == 0:
+                    uc.reg_write(X.UC_X86_REG_EAX, 0x5A5A1234)
+                    live = _safe_read(fd, p + j, 8) == struct.pack("<Q", 0x5A5A1234)
+                    uc.reg_write(X.UC_X86_REG_EAX, sig_vals[0])
+                    if live:
+                        found = p + j
+                        break
+                j = blk.find(sig, j + 1)
+            if found is not None:
+                break
+    finally:
+        os.close(fd)
+        for r, v in zip(regs, saved):
+            uc.reg_write(r, v)
+    if found is None:
+        _fail("cannot find the CPU state (env) inside the engine")
+    return found
+
+
+class UcInternals:
+    """Direct access to one engine's CPUX86State.
+
+    Attributes a hook may use directly (all memoryviews over live engine memory):
+      q  -- env as u64 words: q[0..7] = EAX..EDI, q[16] = eip
+      d  -- env as u32 words (hflags, segment selectors, error code...)
+    Raises UnicornMismatch from the constructor if the layout check fails.
+    """
+
+    def __init__(self, uc):
+        if getattr(unicorn, "__version__", None) != REQUIRED_VERSION:
+            _fail("wrong version")
+        self.uc = uc
+        self._uch = uc._uch
+        self.env = _locate_env(uc)
+        raw = (ctypes.c_char * ENV_SPAN).from_address(self.env)
+        self._raw = raw                         # keep the ctypes object alive
+        self.q = memoryview(raw).cast("B").cast("Q")
+        self.d = memoryview(raw).cast("B").cast("I")
+        self.s = memoryview(raw).cast("B").cast("i")
+        # Fast paths to the C register API for what env can't give us safely
+        # (eflags needs the lazily computed condition codes; segment loads need the
+        # descriptor checks and hidden-part updates QEMU does).
+        self._val = ctypes.c_uint64()
+        self._pval = ctypes.byref(self._val)
+        self._rd = uclib.uc_reg_read
+        self._wr = uclib.uc_reg_write
+        self._verify()
+
+    # --- registers -------------------------------------------------------------------
+    def reg_read(self, reg):
+        """uc_reg_read without the binding's overhead (integer registers only)."""
+        self._rd(self._uch, reg, self._pval)
+        return self._val.value
+
+    def reg_write(self, reg, value):
+        """uc_reg_write without the binding's overhead; returns the uc_err (0 = ok)."""
+        self._val.value = value
+        return self._wr(self._uch, reg, self._pval)
+
+    def get_eflags(self):
+        return self.reg_read(X.UC_X86_REG_EFLAGS)
+
+    def set_eflags(self, value):
+        self.reg_write(X.UC_X86_REG_EFLAGS, value)
+
+    # --- hidden CPU state ------------------------------------------------------------
+    def cpl(self):
+        return self.d[OFF_HFLAGS // 4] & HF_CPL_MASK
+
+    def set_cpl(self, cpl):
+        """Set the current privilege level (QEMU keeps it in hflags, not in %cs)."""
+        i = OFF_HFLAGS // 4
+        self.d[i] = (self.d[i] & ~HF_CPL_MASK) | cpl
+
+    def selector(self, seg):
+        return self.d[(OFF_SEGS + seg * SEG_SIZE) // 4]
+
+    def error_code(self):
+        """The error code of the exception being raised (#PF, #GP...)."""
+        return self.d[OFF_ERROR_CODE // 4]
+
+    def exception_is_int(self):
+        """True while handling a software "int n" (as opposed to a fault)."""
+        return self.s[OFF_IS_INT // 4] != 0
+
+    def clear_exception_state(self):
+        """Forget the exception in flight, so the next fault is not a double fault."""
+        self.s[OFF_OLD_EXCEPTION // 4] = -1
+
+    def cr(self, n):
+        return self.q[OFF_CR // 8 + n]
+
+    # --- start-up self-check -----------------------------------------------------------
+    def _verify(self):
+        """Plant values through the public API and read them back through env (and back)."""
+        uc = self.uc
+        q, d = self.q, self.d
+        gprs = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX,
+                X.UC_X86_REG_ESP, X.UC_X86_REG_EBP, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI)
+        saved = [uc.reg_read(r) for r in gprs]
+        saved_eip = uc.reg_read(X.UC_X86_REG_EIP)
+        saved_cr2 = uc.reg_read(X.UC_X86_REG_CR2)
+        try:
+            for i, r in enumerate(gprs):
+                uc.reg_write(r, 0x31415900 + i)
+            if [q[i] for i in range(8)] != [0x31415900 + i for i in range(8)]:
+                _fail("general registers are not where expected")
+            for i, r in enumerate(gprs):
+                q[i] = 0x27182800 + i
+            if [uc.reg_read(r) for r in gprs] != [0x27182800 + i for i in range(8)]:
+                _fail("writing general registers through env does not stick")
+            uc.reg_write(X.UC_X86_REG_EIP, 0x1234567)
+            if q[OFF_EIP // 8] != 0x1234567:
+                _fail("eip is not where expected")
+            uc.reg_write(X.UC_X86_REG_CR2, 0x7654321)
+            if q[OFF_CR // 8 + 2] != 0x7654321:
+                _fail("cr2 is not where expected")
+            # A fresh engine runs at CPL 0 with null-ish selectors in real-mode style.
+            if self.reg_read(X.UC_X86_REG_CS) != self.selector(R_CS):
+                _fail("segment cache is not where expected")
+            if self.cpl() != 0:
+                _fail("hflags is not where expected")
+            # old_exception is -1 on a fresh CPU; error_code and is_int are 0.
+            if self.s[OFF_OLD_EXCEPTION // 4] != -1 or self.s[OFF_IS_INT // 4] != 0:
+                _fail("exception state is not where expected")
+        finally:
+            for r, v in zip(gprs, saved):
+                uc.reg_write(r, v)
+            uc.reg_write(X.UC_X86_REG_EIP, saved_eip)
+            uc.reg_write(X.UC_X86_REG_CR2, saved_cr2)
+
+    def verify_live(self):
+        """Second check once the engine is in protected mode: selectors and CPL agree."""
+        for seg, reg in ((R_CS, X.UC_X86_REG_CS), (R_SS, X.UC_X86_REG_SS),
+                         (R_DS, X.UC_X86_REG_DS), (R_ES, X.UC_X86_REG_ES)):
+            if self.selector(seg) != self.reg_read(reg):
+                _fail("segment selectors disagree with the register API")
+        if self.cpl() != (self.selector(R_SS) & 3):
+            _fail("CPL in hflags disagrees with %ss")
+
+    def load_seg_ss(self, selector):
+        """Load %ss with QEMU's checks (RPL == DPL == CPL); returns uc_err, 0 = ok."""
+        return self.reg_write(X.UC_X86_REG_SS, selector)
+
+    def load_seg_cs(self, selector):
+        """Load %cs (descriptor from the GDT); returns uc_err, 0 = ok."""
+        return self.reg_write(X.UC_X86_REG_CS, selector)
+
+    def hook_intr_raw(self, fn):
+        """Register fn(intno) as a UC_HOOK_INTR callback straight through the C API.
+
+        The binding wraps every callback in two Python layers (about 0.3 us per call,
+        a quarter of a hypercall).  fn must not raise: nothing catches it here.
+        """
+        from unicorn.unicorn_py3.arch.types import uc_hook_h
+        from unicorn.unicorn_py3.unicorn import HOOK_INTR_CFUNC
+        from unicorn.unicorn_const import UC_HOOK_INTR
+
+        def entry(_uch, intno, _ud):
+            fn(intno)
+        cfn = HOOK_INTR_CFUNC(entry)
+        handle = uc_hook_h()
+        err = uclib.uc_hook_add(self._uch, ctypes.byref(handle), UC_HOOK_INTR,
+                                ctypes.cast(cfn, ctypes.c_void_p), None,
+                                ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            _fail("uc_hook_add failed (%d)" % err)
+        self._raw_hooks = getattr(self, "_raw_hooks", []) + [cfn]   # keep it alive
+        return handle.value

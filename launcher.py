@@ -1,0 +1,678 @@
+#!/usr/bin/env python3
+"""The Launcher: lays out the Guest's "physical" memory, loads the kernel,
+describes the devices, then runs the Guest by reading /dev/lguest over and
+over.  This is Documentation/lguest/lguest.c of Linux 2.6.24 in Python; the
+devices live in devices/, the Waker in waker/, and "/dev/lguest" (the Host)
+is the Python object in host/.
+
+Read it beside the C: each function's docstring names its counterpart.
+
+    launcher.py [--verbose] [--tunnet=(IP|bridge:NAME)] [--block=FILE]
+                [--initrd=FILE] MEM_MB KERNEL [kernel args...]
+
+Exit status: 0 when the Guest powered itself off, 2 after three ^C within a
+second on the console, 1 for every other death (a one-line "lguest: ..." on
+stderr, never a Python traceback).
+"""
+
+import argparse
+import atexit
+import os
+import signal
+import sys
+import threading
+
+# Run from anywhere: the packages sit beside this file.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from devices.abi import DEVICE_PAGES, PAGE_SIZE, U16, U32      # noqa: E402
+from devices.errors import LauncherError, c_hex, err, errx     # noqa: E402
+
+# --- Small helpers ---------------------------------------------------------
+
+#: --verbose: like the C, both a global flag and the function below.
+VERBOSE = False
+
+
+def verbose(fmt, *args):
+    """printf() to stdout when --verbose was given; mirrors the C's verbose()
+    macro.  Flushed at once so it interleaves sanely with Guest output."""
+    if VERBOSE:
+        sys.stdout.write(fmt % args if args else fmt)
+        sys.stdout.flush()
+
+
+def c_ptr(value):
+    """printf("%p") as glibc prints it: "(nil)" for 0, else 0x... ."""
+    return "%#x" % value if value else "(nil)"
+
+
+def page_align(addr):
+    """Round addr up to a page boundary; mirrors page_align() in lguest.c."""
+    return (addr + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def ram_size(mem):
+    """The Guest's RAM in bytes: the mapping minus the device pages above it
+    (the C kept this as main()'s "mem")."""
+    return mem.size - DEVICE_PAGES * PAGE_SIZE
+
+
+def open_or_die(name, flags=os.O_RDONLY):
+    """os.open(), or die "Failed to open NAME: <strerror>"; mirrors
+    open_or_die() in lguest.c."""
+    try:
+        return os.open(name, flags | os.O_CLOEXEC)
+    except OSError:
+        err("Failed to open %s" % name)
+
+
+# --- Loading the kernel ------------------------------------------------------
+#
+# The Guest's physical address N is byte N of mem.view, so "loading" is
+# reading file data straight into slices of that view (os.preadv into a
+# memoryview: no intermediate copy, the way the C mmap()ed or pread() it).
+
+# struct boot_params offsets (Documentation/x86/zero-page.txt, boot.txt);
+# DESIGN §4 lists the ones we fill.
+BP_E820_ENTRIES = 0x1E8
+BP_SETUP_SECTS = 0x1F1
+BP_HEADER = 0x202              # "HdrS"
+BP_VERSION = 0x206
+BP_TYPE_OF_LOADER = 0x210
+BP_LOADFLAGS = 0x211
+BP_CODE32_START = 0x214
+BP_RAMDISK_IMAGE = 0x218
+BP_RAMDISK_SIZE = 0x21C
+BP_CMD_LINE_PTR = 0x228
+BP_KERNEL_ALIGNMENT = 0x230
+BP_HARDWARE_SUBARCH = 0x23C
+BP_E820_MAP = 0x2D0
+BOOT_PARAMS_SIZE = 4096        # sizeof(struct boot_params): one page
+
+KEEP_SEGMENTS = 0x40           # loadflags: don't reload the segment registers
+E820_RAM = 1
+BOOT_PROTOCOL = 0x207          # 2.07: the version that knows hardware_subarch
+LOADER_UNKNOWN = 0xFF          # type_of_loader "undefined": that's us
+SUBARCH_LGUEST = 1             # hardware_subarch: tells startup_32 it's lguest
+KERNEL_ALIGNMENT = 0x1000000   # what a relocatable bzImage aligns itself to
+BZIMAGE_LOAD = 0x100000        # modern bzImages are loaded at 1M
+CMDLINE_ADDR = 0x1000          # the command line goes just after boot_params
+CMDLINE_MAX = 2048             # x86 COMMAND_LINE_SIZE, terminating NUL included
+
+# ELF32 header facts map_elf() checks (elf.h).
+ELF_MAGIC = b"\x7fELF"
+ELF32_PHDR_SIZE = 32
+ELF32_EHDR_SIZE = 52
+
+
+def _read_into(fd, view, offset, what):
+    """Fill view (a memoryview of Guest memory) from fd at offset; die the
+    C's way on a short read.  Mirrors the pread() fallback of map_at()."""
+    try:
+        got = os.preadv(fd, [view], offset)
+    except OSError:
+        err("Reading %s" % what)
+    if got != len(view):
+        errx("Reading offset %u len %u gave %d" % (offset, len(view), got))
+
+
+def map_elf(mem, fd):
+    """Load the PT_LOAD segments of the ELF vmlinux open on fd into Guest
+    memory at their *physical* addresses (p_paddr: the Guest maps itself to
+    the virtual ones) and return the entry point e_entry.  Mirrors map_elf()
+    in lguest.c, with pyelftools reading the headers.
+
+    Dies "Malformed elf header" unless it is an x86-32 executable with a sane
+    number of correctly sized program headers (the C's checks), and refuses
+    a segment that doesn't fit in the Guest's RAM (the C would have written
+    past it).  Returns (entry, end): end is the top of the loaded image."""
+    from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
+
+    f = os.fdopen(os.dup(fd), "rb")
+    try:
+        try:
+            elf = ELFFile(f)
+            hdr = elf.header
+            if (elf.elfclass != 32
+                    or hdr["e_type"] != "ET_EXEC"
+                    or hdr["e_machine"] != "EM_386"
+                    or hdr["e_phentsize"] != ELF32_PHDR_SIZE
+                    or hdr["e_phnum"] < 1
+                    or hdr["e_phnum"] > 65536 // ELF32_PHDR_SIZE):
+                errx("Malformed elf header")
+            # Read every program header before loading any of them, so a
+            # truncated table is "Malformed", not half a kernel.
+            phdrs = [elf.get_segment(i).header for i in range(hdr["e_phnum"])]
+            entry = hdr["e_entry"]
+        except (ELFError, ValueError, OSError, EOFError, KeyError):
+            errx("Malformed elf header")
+        except Exception as e:            # construct's StreamError and kin
+            if isinstance(e, LauncherError):
+                raise
+            errx("Malformed elf header")
+    finally:
+        f.close()
+
+    ram = ram_size(mem)
+    end = 0
+    for i, ph in enumerate(phdrs):
+        # Only loadable segments: a kernel also has a NOTE one, and
+        # GNU_STACK, which take no memory.
+        if ph["p_type"] != "PT_LOAD":
+            continue
+        paddr, filesz, memsz = ph["p_paddr"], ph["p_filesz"], ph["p_memsz"]
+        verbose("Section %i: size %i addr %s\n", i, memsz, c_ptr(paddr))
+        top = paddr + max(filesz, memsz)
+        if top > ram:
+            errx("Section %i (addr %#x, size %#x) doesn't fit in %u MB of memory"
+                 % (i, paddr, max(filesz, memsz), ram >> 20))
+        # The bss part (memsz beyond filesz) is already zero: fresh pages.
+        if filesz:
+            _read_into(fd, mem.view[paddr:paddr + filesz], ph["p_offset"],
+                       "kernel segment %i" % i)
+        end = max(end, top)
+    return entry, end
+
+
+def load_bzimage(mem, fd):
+    """Load a bzImage: check the "HdrS" magic of its setup header, skip the
+    setup sectors and read the rest (the self-decompressing 32-bit part) to
+    physical 1M.  Returns (code32_start, end).  Mirrors load_bzimage() in
+    lguest.c; dies "This doesn't look like a bzImage to me" without the magic
+    and refuses an image too big for the Guest's RAM."""
+    try:
+        header = os.pread(fd, BOOT_PARAMS_SIZE, 0)
+    except OSError:
+        err("Reading kernel")
+    if header[BP_HEADER:BP_HEADER + 4] != b"HdrS":
+        errx("This doesn't look like a bzImage to me")
+    # Boot protocol: a setup_sects of 0 really means 4 (ancient images).
+    setup_sects = header[BP_SETUP_SECTS] or 4
+    offset = (setup_sects + 1) * 512
+    size = max(0, os.fstat(fd).st_size - offset)
+    if BZIMAGE_LOAD + size > ram_size(mem):
+        errx("bzImage payload (%u bytes) doesn't fit in %u MB of memory"
+             % (size, ram_size(mem) >> 20))
+    if size:
+        _read_into(fd, mem.view[BZIMAGE_LOAD:BZIMAGE_LOAD + size], offset,
+                   "kernel")
+    return U32.unpack_from(header, BP_CODE32_START)[0], BZIMAGE_LOAD + size
+
+
+def load_kernel(mem, fd):
+    """Load the kernel open on fd, an ELF vmlinux or a bzImage, and return
+    (entry, end): the Guest-physical entry point and the top of the loaded
+    image.  Mirrors load_kernel() in lguest.c: "\\177ELF" means ELF,
+    anything else had better be a bzImage."""
+    try:
+        magic = os.pread(fd, ELF32_EHDR_SIZE, 0)
+    except OSError:
+        err("Reading kernel")
+    if magic[:4] == ELF_MAGIC:
+        if len(magic) < ELF32_EHDR_SIZE:
+            errx("Malformed elf header")
+        return map_elf(mem, fd)
+    return load_bzimage(mem, fd)
+
+
+def load_initrd(mem, name, kernel_end=0):
+    """Read the initrd file name into the top of the Guest's RAM, page
+    aligned, and return its page-aligned size (the C's "len": ramdisk_size
+    gets that).  Mirrors load_initrd() in lguest.c.  Refuses an initrd that
+    doesn't fit between the kernel (kernel_end) and the top of RAM."""
+    ram = ram_size(mem)
+    fd = open_or_die(name)
+    try:
+        try:
+            st_size = os.fstat(fd).st_size
+        except OSError:
+            err("fstat() on initrd '%s'" % name)
+        length = page_align(st_size)
+        if length > ram or ram - length < kernel_end:
+            errx("initrd %s (%u bytes) doesn't fit in %u MB of memory"
+                 % (name, st_size, ram >> 20))
+        where = ram - length
+        if st_size:
+            _read_into(fd, mem.view[where:where + st_size], 0,
+                       "initrd %s" % name)
+    finally:
+        os.close(fd)
+    verbose("mapped initrd %s size=%u @ %s\n", name, length, c_ptr(mem.base + where))
+    return length
+
+
+def setup_boot_params(mem, cmdline, initrd_size=0):
+    """Fill boot_params at Guest-physical 0 and the kernel command line at
+    0x1000, as main() in lguest.c does (DESIGN §4 gives every field).
+
+    cmdline is a list of str (the kernel arguments), joined with spaces.
+    Dies if the command line doesn't fit the kernel's 2048 bytes."""
+    ram = ram_size(mem)
+    bp = mem.view[0:BOOT_PARAMS_SIZE]
+    # One E820 region: all of RAM.  The device pages above it are not RAM:
+    # the Guest finds them through the lguest bus, not the memory map.
+    bp[BP_E820_ENTRIES] = 1
+    e820 = U32.size * 5    # struct e820entry { u64 addr; u64 size; u32 type }
+    bp[BP_E820_MAP:BP_E820_MAP + e820] = (
+        (0).to_bytes(8, "little") + ram.to_bytes(8, "little")
+        + E820_RAM.to_bytes(4, "little"))
+    if initrd_size:
+        U32.pack_into(bp, BP_RAMDISK_IMAGE, ram - initrd_size)
+        U32.pack_into(bp, BP_RAMDISK_SIZE, initrd_size)
+    # 0xFF, "unknown loader": the C set it only with an initrd; DESIGN
+    # says always, which is what Linux's boot protocol asks of a loader.
+    bp[BP_TYPE_OF_LOADER] = LOADER_UNKNOWN
+    line = " ".join(cmdline).encode("utf-8", "surrogateescape")
+    if len(line) >= CMDLINE_MAX:
+        errx("Kernel command line too long (%u bytes, at most %u)"
+             % (len(line), CMDLINE_MAX - 1))
+    mem.view[CMDLINE_ADDR:CMDLINE_ADDR + len(line) + 1] = line + b"\0"
+    U32.pack_into(bp, BP_CMD_LINE_PTR, CMDLINE_ADDR)
+    U16.pack_into(bp, BP_VERSION, BOOT_PROTOCOL)
+    U32.pack_into(bp, BP_HARDWARE_SUBARCH, SUBARCH_LGUEST)
+    bp[BP_LOADFLAGS] |= KEEP_SEGMENTS
+    U32.pack_into(bp, BP_KERNEL_ALIGNMENT, KERNEL_ALIGNMENT)
+
+
+def tell_kernel(mem, start):
+    """Open "/dev/lguest" and initialize the Guest: LHREQ_INITIALIZE with the
+    base of Guest memory, the page frame limit and the entry point.  Returns
+    the LguestDev.  Mirrors tell_kernel() in lguest.c.
+
+    3.16 ABI, not 2.6.24's: the arguments are (base, pfnlimit, start), with
+    no pgdir, because the Launcher builds no page tables any more (the Host
+    gives an identity map until the Guest's first NEW_PGTABLE)."""
+    from host import LguestDev
+    from host.abi import LHREQ_INITIALIZE
+
+    verbose("Guest: %s - %s (%s)\n", c_ptr(mem.base),
+            c_ptr(mem.base + mem.guest_limit), c_hex(mem.guest_limit))
+    try:
+        lg = LguestDev()
+    except OSError:
+        err("Failed to open /dev/lguest")
+    try:
+        lg.write((LHREQ_INITIALIZE, mem.base, mem.guest_limit // PAGE_SIZE,
+                  start))
+    except (ValueError, OSError) as e:
+        errx("Writing to /dev/lguest: %s" % (e or "Invalid argument"))
+    return lg
+
+
+# --- Running the Guest --------------------------------------------------------
+
+class GuestPoweredOff(Exception):
+    """The Guest said SHUTDOWN: carries the status to exit with."""
+
+    def __init__(self, reason, status):
+        super().__init__(reason)
+        self.status = status
+
+
+class GuestRestart(Exception):
+    """The Guest asked to be rebooted (LGUEST_SHUTDOWN_RESTART)."""
+
+
+def run_guest(lg, devices):
+    """Run the Guest until it dies: read() from "/dev/lguest"; a NOTIFY
+    address goes to handle_output(), a BREAK (EAGAIN, the Waker saw input)
+    to handle_input() and then the BREAK is cleared to release the Waker.
+    Mirrors run_guest() in lguest.c.  Never returns: raises GuestPoweredOff
+    (power down: status 0), GuestRestart, or LauncherError with the reason."""
+    from host import GuestDied, WakerDied
+    from host.abi import LHREQ_BREAK
+
+    while True:
+        try:
+            addr = lg.read()
+        except BlockingIOError:
+            # The Waker wanted us to look at some input.  Service it, then
+            # unset the BREAK so the Waker can go back to watching.
+            devices.handle_input(lg)
+            try:
+                lg.write((LHREQ_BREAK, 0))
+            except (ValueError, OSError):
+                err("Resetting break")
+            continue
+        except GuestDied as e:
+            reason = str(getattr(e, "reason", e))
+            if getattr(e, "restart", False):
+                raise GuestRestart(reason)
+            if getattr(e, "poweroff", False):
+                raise GuestPoweredOff(reason, 0)
+            errx(reason)
+        except WakerDied:
+            errx("The Waker process died: no more input for the Guest")
+        verbose("Notify on address %s\n", c_hex(addr))
+        devices.handle_output(lg, addr)
+
+
+# --- The command line ---------------------------------------------------------
+
+USAGE = ("Usage: lguest [--verbose] "
+         "[--tunnet=(<ipaddr>|bridge:<bridgename>)\n"
+         "|--block=<filename>|--initrd=<filename>]...\n"
+         "<mem-in-mb> vmlinux [args...]")
+
+#: Largest Guest we agree to: RAM plus device pages must stay clear of the
+#: top 4 MiB of the 32-bit address space, which the Host keeps for itself
+#: (lguest_data.reserve_mem), and well inside what a 32-bit Guest can map.
+MAX_MEM_MB = 3072
+
+
+def usage():
+    """Die with the C's usage text; mirrors usage() in lguest.c."""
+    errx(USAGE)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad command line gets the C's usage text and exit 1
+    instead of argparse's own message and exit 2."""
+
+    def error(self, message):
+        usage()
+
+
+class _DeviceOption(argparse.Action):
+    """--tunnet and --block may repeat, and devices appear on the Guest's bus
+    in command-line order (the first --block is /dev/vda, the first --tunnet
+    eth0), as getopt_long() gave them to the C one by one."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        namespace.devices.append((self.dest, value))
+
+
+def parse_args(argv):
+    """Parse the Launcher's command line (a list of str, without argv[0]);
+    returns an argparse Namespace with verbose, devices [(kind, arg)...] in
+    order, initrd, mem_mb (int), kernel and args.  Dies with the usage text
+    on a bad command line; mirrors the getopt_long() loop of main()."""
+    p = _Parser(
+        prog="launcher.py", add_help=False,
+        usage="%(prog)s [--verbose] [--tunnet=(IP|bridge:NAME)] "
+              "[--block=FILE] [--initrd=FILE] MEM_MB KERNEL [kernel args...]",
+        description="Run a paravirtualised x86-32 lguest Guest (the lguest "
+                    "Launcher, in Python, on an emulated Host).",
+        epilog="Exit status: 0 when the Guest powers off, 2 after three ^C "
+               "within a second, 1 on any other death.")
+    p.add_argument("-h", "--help", action="help",
+                   help="show this help and exit")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print what the Launcher does, as the C one did")
+    p.add_argument("--tunnet", dest="tunnet", action=_DeviceOption,
+                   metavar="(IP|bridge:NAME)[:MAC]",
+                   help="add a virtio network device on a new TAP interface: "
+                        "give the host side IP (netmask 255.255.255.0), or "
+                        "attach it to an existing bridge; optionally the "
+                        "Guest's MAC (as the 3.16 Launcher); may repeat")
+    p.add_argument("--block", dest="block", action=_DeviceOption,
+                   metavar="FILE",
+                   help="add a virtio block device backed by FILE; may repeat "
+                        "(the first is /dev/vda)")
+    p.add_argument("--initrd", metavar="FILE",
+                   help="load FILE as the initial ramdisk at the top of RAM")
+    p.add_argument("mem_mb", metavar="MEM_MB", help="Guest RAM in megabytes")
+    p.add_argument("kernel", metavar="KERNEL",
+                   help="the Guest kernel: an ELF vmlinux or a bzImage")
+    p.add_argument("args", nargs=argparse.REMAINDER, metavar="kernel args",
+                   help="the Guest kernel's command line")
+    p.set_defaults(devices=[])
+    ns = p.parse_args(argv)
+    if not ns.mem_mb.isdigit() or not ns.mem_mb.isascii():
+        errx("Memory size '%s' is not a number of megabytes" % ns.mem_mb)
+    ns.mem_mb = int(ns.mem_mb)
+    if not 1 <= ns.mem_mb <= MAX_MEM_MB:
+        errx("Memory size %u MB is out of range (1 to %u)"
+             % (ns.mem_mb, MAX_MEM_MB))
+    return ns
+
+
+# --- Leaving cleanly -----------------------------------------------------------
+#
+# Whatever way we go (the Guest dies, an error, ^C x3, SIGTERM), three things
+# must happen: the terminal gets its modes back, the children (the Waker and
+# the block I/O worker) are ended and reaped, and what we wrote reaches
+# stdout.  They die by themselves too (PDEATHSIG, EOF on their pipes), but we
+# don't leave it to chance.
+
+_cleanup_lock = threading.Lock()
+_cleaned = False
+#: What cleanup() needs to find: the DeviceList once there is one.
+_state = {}
+
+
+def reap_children(grace=0.5):
+    """Terminate and reap every child process of ours (by pid: the Waker
+    and the block workers, found with psutil): SIGTERM, then SIGKILL for
+    whoever is still there after grace seconds."""
+    import psutil
+    try:
+        kids = psutil.Process().children()
+    except psutil.Error:
+        return
+    for kid in kids:
+        try:
+            kid.terminate()
+        except psutil.Error:
+            pass
+    try:
+        _, alive = psutil.wait_procs(kids, timeout=grace)
+    except psutil.Error:
+        alive = []
+    for kid in alive:
+        try:
+            kid.kill()
+        except psutil.Error:
+            pass
+    try:
+        psutil.wait_procs(alive, timeout=grace)
+    except psutil.Error:
+        pass
+
+
+def cleanup():
+    """Restore the terminal, end the children, flush stdout.  Runs once:
+    whoever comes second (the main thread's exit path, or the signal
+    thread) waits for the first to finish, then has nothing to do."""
+    global _cleaned
+    if threading.current_thread() is threading.main_thread():
+        # We are leaving anyway: a signal now must not interrupt the
+        # cleaning up with an exception (the early handlers raise one).
+        for sig in _SIGNALS:
+            try:
+                signal.signal(sig, signal.SIG_IGN)
+            except (OSError, ValueError):
+                pass
+    if not _cleanup_lock.acquire(timeout=5):
+        return
+    try:
+        if _cleaned:
+            return
+        _cleaned = True
+        from devices import console, net
+        console.restore_term()
+        reap_children()
+        if VERBOSE and "devices" in _state:
+            try:
+                net.report(_state["devices"])
+            except Exception:
+                pass
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+    finally:
+        _cleanup_lock.release()
+
+
+def _die(msg, status):
+    """Leave now, from any thread: clean up, one line on stderr, _exit."""
+    cleanup()
+    if msg:
+        try:
+            os.write(2, ("lguest: %s\n" % msg).encode(errors="replace"))
+        except OSError:
+            pass
+    os._exit(status)
+
+
+_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
+
+
+def _signal_message(sig):
+    if sig == signal.SIGINT:
+        return "Interrupted", 2
+    return "Killed by %s" % signal.Signals(sig).name, 1
+
+
+def _early_handler(sig, frame):
+    """While we set up, the main thread runs Python code, so a plain
+    handler will do: unwind through main()'s clean exit path."""
+    msg, status = _signal_message(sig)
+    raise LauncherError(msg, status)
+
+
+def _signal_thread():
+    """Take the fatal signals in a thread of our own once the Guest runs.
+    Python runs signal handlers only in the main thread between bytecodes,
+    and the main thread may sit inside unicorn's emu_start for as long as
+    the Guest runs without a hypercall; this thread sleeps in sigwait() with
+    the GIL released, so SIGTERM always gets the terminal back.  (With the
+    console in raw mode a typed ^C reaches the Guest, not us: ISIG is off.)"""
+    sig = signal.sigwait(_SIGNALS)
+    _die(*_signal_message(sig))
+
+
+def _install_early_handlers():
+    for sig in _SIGNALS:
+        signal.signal(sig, _early_handler)
+
+
+def _hand_signals_to_thread():
+    """Block the fatal signals in the main thread and start _signal_thread()
+    to take them.  Called after the last fork (the Waker) and before the
+    first read(), which starts the Host's helper thread: threads inherit
+    the mask, children would too, and they need their signals."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    threading.Thread(target=_signal_thread, name="lguest-signals",
+                     daemon=True).start()
+
+
+# --- main ----------------------------------------------------------------------
+
+def launch(argv):
+    """Everything main() in lguest.c does, in its order: memory first (before
+    any fork), then the devices in command-line order, the console last, the
+    kernel, the initrd, boot_params, tell_kernel(), the Waker, run_guest().
+    Returns only by exception."""
+    global VERBOSE
+    from devices import console, net
+    from devices.devpage import DeviceList
+    from devices.memory import GuestMemory
+
+    ns = parse_args(argv)
+    VERBOSE = ns.verbose
+
+    # Guest memory: one shared mapping, made before any fork, so the block
+    # worker and the Waker share the very same pages.  The device page is
+    # the first page above RAM.
+    mem = GuestMemory(ns.mem_mb << 20)
+    devices = DeviceList(mem, verbose=ns.verbose)
+    _state["devices"] = devices
+
+    for kind, arg in ns.devices:
+        if kind == "tunnet":
+            net.setup_tun_net(devices, arg)
+        else:
+            from devices.block import setup_block_file
+            setup_block_file(devices, arg, verbose=ns.verbose)
+
+    verbose("Guest base is at %s\n", c_ptr(mem.base))
+
+    # We always have a console device, and it comes last.
+    console.setup_console(devices)
+    # The page is complete: from here on the Guest owns its status bytes.
+    devices.seal()
+
+    # Now the kernel, then the initrd at the top of RAM.
+    kfd = open_or_die(ns.kernel)
+    try:
+        start, kernel_end = load_kernel(mem, kfd)
+    finally:
+        os.close(kfd)
+    initrd_size = 0
+    if ns.initrd is not None:
+        initrd_size = load_initrd(mem, ns.initrd, kernel_end)
+    setup_boot_params(mem, ns.args, initrd_size)
+
+    lg = tell_kernel(mem, start)
+
+    # The Waker watches the input file descriptors and BREAKs us out of the
+    # Guest when one is readable; without it we'd only look at input when
+    # the Guest happened to NOTIFY.
+    from waker import setup_waker
+    setup_waker(lg, devices)
+    _hand_signals_to_thread()
+    run_guest(lg, devices)
+
+
+def main(argv=None):
+    """The Launcher's top level: run launch() and turn every way it can end
+    into a clean exit: one line on stderr, the terminal restored, no child
+    left behind, the status of the module docstring.  Returns the status."""
+    argv = sys.argv[1:] if argv is None else argv
+    _install_early_handlers()
+    atexit.register(cleanup)
+    status = 1
+    try:
+        launch(argv)
+    except GuestPoweredOff as e:
+        _print_death(str(e))
+        status = e.status
+    except GuestRestart:
+        # The 3.16 Launcher re-executes itself with the same arguments.
+        cleanup()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+        os.execv(sys.executable,
+                 [sys.executable, os.path.abspath(__file__)] + list(argv))
+    except LauncherError as e:
+        status = e.status
+        _print_death(str(e))
+    except SystemExit as e:
+        # --help exits 0; console ^C x3 exits 2 (silently, as the C).
+        status = e.code if isinstance(e.code, int) else 1
+        if isinstance(e.code, str):
+            _print_death(e.code)
+    except MemoryError:
+        _print_death("Out of memory")
+    except BaseException as e:                 # a bug of ours: still one line
+        if os.environ.get("PYLGUEST_TRACEBACK"):
+            import traceback
+            traceback.print_exc()
+        _print_death("internal error: %s: %s" % (type(e).__name__, e))
+    cleanup()
+    return status
+
+
+def _print_death(msg):
+    """Print "lguest: msg" on stderr after the terminal is restored (so the
+    line isn't mangled by raw mode); mirrors errx()'s output."""
+    cleanup()
+    try:
+        sys.stderr.write("lguest: %s\n" % msg)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+if __name__ == "__main__":
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+    # _exit: the Host may have a helper thread; nothing should keep us here.
+    os._exit(code)

@@ -1,0 +1,131 @@
+"""The Host's plumbing: the unicorn self-check, the /dev/lguest protocol's errors, the
+lazy helper thread, and drop_translations() for code written behind unicorn's back."""
+import mmap
+import struct
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
+from harness import TinyGuest  # noqa: E402
+
+from host import LguestDev  # noqa: E402
+from host.abi import LHREQ_BREAK, LHREQ_INITIALIZE, LHREQ_IRQ  # noqa: E402
+from host import ucinternals  # noqa: E402
+
+
+def test_unicorn_self_check_passes_and_reads_live_state():
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from unicorn import x86_const as X
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    ui = ucinternals.UcInternals(uc)
+    uc.reg_write(X.UC_X86_REG_EBX, 0xABCDEF01)
+    assert ui.q[ucinternals.EBX] == 0xABCDEF01
+    ui.q[ucinternals.ESI] = 0x1234
+    assert uc.reg_read(X.UC_X86_REG_ESI) == 0x1234
+    ui.set_cpl(3)
+    assert ui.cpl() == 3
+
+
+def test_unicorn_version_mismatch_is_refused(monkeypatch):
+    import unicorn
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    monkeypatch.setattr(unicorn, "__version__", "2.0.1")
+    with pytest.raises(ucinternals.UnicornMismatch) as e:
+        ucinternals.UcInternals(Uc(UC_ARCH_X86, UC_MODE_32))
+    assert "needs unicorn==2.1.4" in str(e.value)
+
+
+def test_bad_layout_is_refused(monkeypatch):
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    monkeypatch.setattr(ucinternals, "OFF_CR", ucinternals.OFF_CR + 8)
+    with pytest.raises(ucinternals.UnicornMismatch):
+        ucinternals.UcInternals(Uc(UC_ARCH_X86, UC_MODE_32))
+
+
+def test_protocol_errors():
+    lg = LguestDev()
+    with pytest.raises(ValueError):
+        lg.read()
+    with pytest.raises(ValueError):
+        lg.write((LHREQ_IRQ, 1))
+    with pytest.raises(ValueError):
+        lg.breaker()
+    with pytest.raises(ValueError):
+        lg.write((LHREQ_INITIALIZE, 0, 16, 0))          # no memory
+    m = mmap.mmap(-1, 1 << 20, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    import ctypes
+    anchor = ctypes.c_char.from_buffer(m)
+    base = ctypes.addressof(anchor)
+    before = threading.active_count()
+    lg.write((LHREQ_INITIALIZE, base, 256, 0x1000))
+    assert threading.active_count() == before          # no thread until the first read()
+    with pytest.raises(ValueError):
+        lg.write((LHREQ_INITIALIZE, base, 256, 0x1000))  # EBUSY
+    with pytest.raises(ValueError):
+        lg.write((LHREQ_IRQ, 32))
+    with pytest.raises(ValueError):
+        lg.write((99, 0))
+    lg.write((LHREQ_BREAK, 0))                          # nothing to release: fine
+    lg.close()
+    del anchor
+
+
+def test_guest_jumping_into_nowhere_dies_cleanly():
+    # Zeroed memory is "add %al,(%eax)" forever: start at the last page, run off the end.
+    g = TinyGuest("smc", 0, start=(16 << 20) - 16)
+    try:
+        notes, died = g.run()
+        assert died.reason.startswith(("unhandled trap 14 at ", "bad read address"))
+    finally:
+        g.close()
+
+
+def _function(val):
+    return b"\xb8" + struct.pack("<I", val) + b"\xc3"     # mov $val, %eax; ret
+
+
+def _paged_tables(g):
+    pd, pt = 0x200000, 0x201000
+    for i in range(1024):
+        g.poke(pt + 4 * i, (i << 12) | 0x7)
+    g.poke(pd, pt | 0x67)
+    g.poke(pd + 4 * 768, pt | 0x67)                      # 0xC0000000 -> 0
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_drop_translations(mode):
+    g = TinyGuest("smc", mode)
+    try:
+        if mode == 1:
+            _paged_tables(g)
+        g.mem[0x300000:0x300006] = _function(0x111)
+        assert g.read() == 0x111
+        # Another process (the block worker) writes new code: unicorn can't tell.
+        g.mem[0x300000:0x300006] = _function(0x222)
+        assert g.read() == 0x111                          # stale translation, as expected
+        g.lg.drop_translations(0x300000, 6)
+        assert g.read() == 0x222
+        # A range that is mapped nowhere the Host can find is still safe.
+        g.mem[0x300000:0x300006] = _function(0x333)
+        g.lg.drop_translations(0xE00000, 0x10000)
+        g.lg.drop_translations(0x300000, 0)
+        g.lg.drop_translations(0x2FF000, 0x2000)          # spans the function's page
+        assert g.read() == 0x333
+    finally:
+        g.close()
+
+
+def test_no_traceback_from_hook_errors(monkeypatch):
+    """A bug in a hook must still end as one clean line, never a traceback."""
+    import host.hypercalls as hc
+    g = TinyGuest("smc", 0)
+    try:
+        monkeypatch.setattr(hc, "do_hcall", lambda cpu, args: 1 / 0)
+        g.mem[0x300000:0x300006] = _function(0x111)
+        notes, died = g.run()
+        assert died.reason.startswith("Host error: ZeroDivisionError")
+    finally:
+        g.close()

@@ -1,0 +1,219 @@
+"""Interrupts, the clock event, HALT and BREAK (tests/guests/irqs.S)."""
+import os
+import resource
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
+from harness import LHREQ_BREAK, LHREQ_IRQ, GuestDied, TinyGuest  # noqa: E402
+
+
+@pytest.fixture
+def guest():
+    made = []
+
+    def make(mode, params=()):
+        g = TinyGuest("irqs", mode, params)
+        made.append(g)
+        return g
+    yield make
+    for g in made:
+        g.close()
+
+
+def run(g, on_first=None):
+    """read() until death; on_first() runs after the first NOTIFY."""
+    notes = []
+    while True:
+        try:
+            v = g.read()
+        except GuestDied as e:
+            return notes, e
+        notes.append(v)
+        if len(notes) == 1 and on_first:
+            on_first()
+
+
+def vecs(g):
+    return [e["vec"] for e in g.log()]
+
+
+def test_irq_delivered_on_vector_0x20_plus_n(guest):
+    g = guest(0)
+    notes, died = run(g, lambda: g.lg.write((LHREQ_IRQ, 1)))
+    assert notes == [1, 2, 0x200] and died.poweroff
+    (e,) = g.log()
+    assert e["vec"] == 0x21 and e["cs"] == 0x61
+    assert e["irq_enabled"] == 0             # interrupt gate: irq_enabled cleared on entry
+    assert e["eflags"] & 0x200               # the frame says interrupts were on
+    assert e["irq_pending"] == 0
+
+
+def test_irq_waits_while_disabled_then_send_interrupts(guest):
+    g = guest(1)
+    notes, died = run(g, lambda: g.lg.write((LHREQ_IRQ, 2)))
+    # nothing delivered, irq_pending raised; after enable + SEND_INTERRUPTS: delivered,
+    # irq_pending cleared
+    assert notes == [1, 1, 0x200, 2, 1]
+    assert vecs(g) == [0x22]
+
+
+def test_blocked_interrupts(guest):
+    g = guest(2)
+    notes, died = run(g, lambda: (g.lg.write((LHREQ_IRQ, 3)), g.lg.write((LHREQ_IRQ, 4))))
+    assert notes == [1, 2, 3]
+    assert vecs(g) == [0x24, 0x23]
+
+
+def test_noirq_window(guest):
+    g = guest(3)
+    notes, died = run(g, lambda: g.lg.write((LHREQ_IRQ, 1)))
+    assert notes == [1, 1, 2]
+    assert vecs(g) == [0x21]
+    # delivered on the first exit past the window: right after that FLUSH_ASYNC hypercall
+    assert g.log()[0]["eip"] == g.sym("w_end") + 27
+
+
+def test_halt_with_pending_irq_wakes_and_enables(guest):
+    g = guest(6)
+    notes, died = run(g, lambda: g.lg.write((LHREQ_IRQ, 1)))
+    assert notes == [1, 2] and vecs(g) == [0x21]
+
+
+def test_irq_without_a_gate_stays_pending(guest):
+    g = guest(8)
+    notes, died = run(g, lambda: g.lg.write((LHREQ_IRQ, 5)))
+    assert notes == [1, 2] and died.poweroff
+    assert g.lg.guest is not None and g.lg.guest.irqs_pending == 1 << 5
+
+
+def test_bad_irq_number(guest):
+    g = guest(8)
+    with pytest.raises(ValueError):
+        g.lg.write((LHREQ_IRQ, 32))
+
+
+def test_clock_event_100ms_accuracy(guest):
+    g = guest(4, (100_000_000,))
+    assert g.read() == 1
+    t = time.monotonic()
+    assert g.read() == 2
+    elapsed = time.monotonic() - t
+    assert 0.100 <= elapsed < 0.110, elapsed
+    assert vecs(g) == [0x20]
+    assert abs(g.read() - time.time()) < 5     # time.tv_sec freshened
+
+
+def test_halt_does_not_burn_cpu(guest):
+    g = guest(4, (1_000_000_000,))
+    assert g.read() == 1
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.monotonic()
+    assert g.read() == 2
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    assert time.monotonic() - t >= 1.0
+    assert cpu < 0.1, cpu
+
+
+def test_cancelled_clock_event_and_break_out_of_halt(guest):
+    g = guest(5)
+    brk = g.lg.breaker()
+    released = []
+    t = threading.Timer(0.3, lambda: released.append(brk.write((LHREQ_BREAK, 1))))
+    t.start()
+    t0 = time.monotonic()
+    with pytest.raises(BlockingIOError):
+        g.read()
+    assert time.monotonic() - t0 >= 0.29        # the cancelled 50 ms timer never fired
+    assert g.log() == []
+    with pytest.raises(BlockingIOError):        # still in BREAK until cleared
+        g.read()
+    g.lg.write((LHREQ_IRQ, 1))
+    g.lg.write((LHREQ_BREAK, 0))
+    t.join(2)
+    assert released == [True]
+    notes, died = run(g)
+    assert notes == [2] and vecs(g) == [0x21]
+
+
+def test_break_latency(guest):
+    g = guest(7)
+    assert g.read() == 1
+    brk = g.lg.breaker()
+    lat = []
+    for _ in range(20):
+        stamp = []
+
+        def waker():
+            time.sleep(0.005)
+            stamp.append(time.monotonic())
+            brk.write((LHREQ_BREAK, 1))
+        t = threading.Thread(target=waker)
+        t.start()
+        with pytest.raises(BlockingIOError):
+            g.read()
+        lat.append(time.monotonic() - stamp[0])
+        g.lg.write((LHREQ_BREAK, 0))
+        t.join(2)
+        assert not t.is_alive()
+    lat.sort()
+    # Typically 0.1-0.3 ms; a loaded 2-CPU machine adds scheduler delays of a few ms.
+    assert lat[len(lat) // 2] < 0.01, lat
+    assert lat[-1] < 0.2, lat
+    assert g.peek(g.sym("saved")) > 0            # the Guest really was spinning
+
+
+def test_breaker_sees_launcher_gone(guest):
+    g = guest(7)
+    brk = g.lg.breaker()
+    g.lg.close()                                  # the Host end goes away
+    assert brk.write((LHREQ_BREAK, 1)) is False
+
+
+def test_waker_death_is_reported(guest):
+    g = guest(7)
+    brk = g.lg.breaker()
+    assert g.read() == 1
+    brk.close()                                   # the Waker's end closes: it died
+    from harness import WakerDied
+    with pytest.raises(WakerDied):
+        g.read()
+
+
+def test_waker_process_break(guest):
+    """The Waker is another process: fork one that BREAKs and waits to be released."""
+    g = guest(7)
+    brk = g.lg.breaker()
+    assert g.read() == 1
+    pid = os.fork()
+    if pid == 0:
+        ok = brk.write((LHREQ_BREAK, 1))
+        os._exit(0 if ok else 3)
+    brk.close()
+    with pytest.raises(BlockingIOError):
+        g.read()
+    g.lg.write((LHREQ_BREAK, 0))
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+
+
+def test_timer_interrupts_ring3(guest):
+    g = guest(9)
+    notes, died = run(g)
+    assert died.poweroff
+    log = g.log()
+    assert [e["vec"] for e in log] == [0x80, 0x20, 0x80]
+    tick = log[1]
+    assert tick["cs"] == 0x73 and tick["uss"] == 0x7b and tick["uesp"] == 0x50000
+    assert tick["eflags"] & 0x200
+
+
+def test_time_moves(guest):
+    g = guest(10)
+    notes, died = run(g)
+    assert notes[1] >= notes[0] and 0 <= notes[2] < 1_000_000_000

@@ -1,0 +1,137 @@
+"""The Launcher's command line and its one-line deaths (launcher.py).
+
+Every bad invocation must end the way the C Launcher's err()/errx() did:
+"lguest: <message>" on stderr, exit status 1, and never a Python traceback.
+None of these get as far as running a Guest.
+"""
+import os
+import struct
+import subprocess
+
+import pytest
+
+from conftest import LAUNCHER, PYTHON, ROOT, assert_no_traceback
+from test_loading import elf32
+
+USAGE = ("lguest: Usage: lguest [--verbose] "
+         "[--tunnet=(<ipaddr>|bridge:<bridgename>)\n"
+         "|--block=<filename>|--initrd=<filename>]...\n"
+         "<mem-in-mb> vmlinux [args...]\n")
+
+
+def run(*args, timeout=30):
+    return subprocess.run([PYTHON, str(LAUNCHER), *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def one_line_death(proc, text):
+    """Exit 1, nothing but "lguest: ...text..." on stderr, no traceback."""
+    assert_no_traceback(proc)
+    assert proc.returncode == 1, (proc.returncode, proc.stderr)
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("lguest: "), proc.stderr
+    assert text in lines[0], proc.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("args", [
+    [],                                   # nothing at all
+    ["64"],                               # no kernel
+    ["--frobnicate", "64", "k"],          # unknown option
+    ["--block"],                          # option without its argument
+    ["-x", "64", "k"],
+])
+def test_usage_on_bad_arguments(args):
+    proc = run(*args)
+    assert_no_traceback(proc)
+    assert proc.returncode == 1
+    assert proc.stderr == USAGE
+    assert proc.stdout == ""
+
+
+def test_help():
+    proc = run("--help")
+    assert proc.returncode == 0
+    assert proc.stderr == ""
+    for word in ("--verbose", "--tunnet", "--block", "--initrd", "MEM_MB",
+                 "KERNEL"):
+        assert word in proc.stdout
+
+
+def test_unreadable_kernel(tmp_path):
+    line = one_line_death(run(64, tmp_path / "no-such-kernel"), "Failed to open")
+    assert line == ("lguest: Failed to open %s: No such file or directory"
+                    % (tmp_path / "no-such-kernel"))
+
+
+def test_kernel_is_a_directory(tmp_path):
+    one_line_death(run(64, tmp_path), "Reading kernel: Is a directory")
+
+
+def test_malformed_elf(tmp_path):
+    # A 64-bit x86 ELF header: the magic is right, the rest is not ours.
+    hdr = b"\x7fELF" + bytes([2, 1, 1]) + bytes(9)
+    hdr += struct.pack("<HHIQQQIHHHHHH", 2, 62, 1, 0x400000, 64, 0, 0, 64,
+                       56, 1, 64, 0, 0)
+    (tmp_path / "k").write_bytes(hdr + bytes(200))
+    line = one_line_death(run(64, tmp_path / "k"), "Malformed elf header")
+    assert line == "lguest: Malformed elf header"
+
+
+def test_truncated_elf(tmp_path):
+    (tmp_path / "k").write_bytes(b"\x7fELF\x01\x01\x01" + bytes(20))
+    one_line_death(run(64, tmp_path / "k"), "Malformed elf header")
+
+
+def test_not_a_bzimage(tmp_path):
+    (tmp_path / "k").write_bytes(b"#!/bin/sh\necho I am not a kernel\n" * 100)
+    line = one_line_death(run(64, tmp_path / "k"), "bzImage")
+    assert line == "lguest: This doesn't look like a bzImage to me"
+
+
+def test_empty_kernel(tmp_path):
+    (tmp_path / "k").write_bytes(b"")
+    one_line_death(run(64, tmp_path / "k"), "bzImage")
+
+
+@pytest.mark.parametrize("mem", ["abc", "64M", "-1", "0", "1e3", "99999", ""])
+def test_memory_not_a_number_or_out_of_range(mem, tmp_path):
+    one_line_death(run(mem, tmp_path / "kernel"), "Memory size")
+
+
+def test_kernel_segment_too_big_for_memory(tmp_path):
+    # A kernel loaded at 16 MB, like Linux (and our guest.elf): with 8 MB of
+    # RAM it cannot fit.
+    (tmp_path / "k").write_bytes(elf32([(1, 0x1000000, b"k" * 4096, 4096)],
+                                       0x1000000))
+    one_line_death(run(8, tmp_path / "k"), "doesn't fit in 8 MB of memory")
+
+
+def test_missing_initrd(tmp_path):
+    (tmp_path / "k").write_bytes(elf32([(1, 0x1000000, b"k" * 4096, 4096)],
+                                       0x1000000))
+    one_line_death(run("--initrd=%s" % (tmp_path / "nope"), 64, tmp_path / "k"),
+                   "Failed to open")
+
+
+def test_missing_block_file(tmp_path):
+    one_line_death(run("--block=%s" % (tmp_path / "nope"), 64, tmp_path / "k"),
+                   "Failed to open")
+
+
+def test_too_many_devices(tmp_path):
+    """The device page is one page: enough block devices overflow it before
+    their vrings exhaust the 256 device pages (a block descriptor takes 33
+    bytes and two vring pages; 125 of them need 4125 bytes)."""
+    img = tmp_path / "disk"
+    img.write_bytes(bytes(4096))
+    proc = run(*["--block=%s" % img] * 130, 64, tmp_path / "k", timeout=60)
+    one_line_death(proc, "Too many devices")
+
+
+def test_command_line_too_long(tmp_path):
+    (tmp_path / "k").write_bytes(elf32([(1, 0x1000000, b"k" * 4096, 4096)],
+                                       0x1000000))
+    one_line_death(run(64, tmp_path / "k", "x" * 3000), "command line too long")

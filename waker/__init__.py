@@ -1,0 +1,143 @@
+"""The Waker: a process that watches the device fds while the Guest runs.
+
+Running the Guest blocks the Launcher inside the Host's read(), so it can't
+also watch stdin, the TAP device and the block worker's done pipe.  As in
+the C Launcher (lguest.c, "The Waker"), a forked process select()s on all of
+them and, when one is readable, writes LHREQ_BREAK 1 to the Host: the
+Launcher's read() returns EAGAIN, it serves the input (handle_input) and
+writes LHREQ_BREAK 0, which lets the Waker go back to select().
+
+The Launcher steers it with C ints down a pipe: fd >= 0 means "watch fd",
+-fd-1 means "stop watching fd" (-1, since 0 is stdin), and EOF means the
+Launcher has died, so the Waker quietly follows.
+"""
+
+import errno
+import os
+import select
+import struct
+
+from devices.errors import err
+from .procs import (CHILDREN, children_alive, fork_child, reap_children,
+                    stop_children)
+from .stats import STATS
+
+try:
+    from host.abi import LHREQ_BREAK
+except ImportError:             # host/ not written yet: the Linux 3.16 value
+    LHREQ_BREAK = 3
+
+_INT = struct.Struct("i")
+
+__all__ = ["setup_waker", "wake_parent", "breaker_fds", "reap_children",
+           "children_alive", "stop_children", "CHILDREN"]
+
+
+def breaker_fds(breaker):
+    """The fds the breaker needs in the Waker (a set), or None if it
+    doesn't say.  The Host's breaker may offer fds() or fileno()."""
+    fds = getattr(breaker, "fds", None)
+    if fds is not None:
+        return set(fds() if callable(fds) else fds)
+    fileno = getattr(breaker, "fileno", None)
+    if fileno is not None:
+        return {fileno() if callable(fileno) else fileno}
+    return None
+
+
+def _prune_bad_fds(watched):
+    """select() said EBADF: drop watched fds this process hasn't got (an
+    fd the Launcher opened after forking us can never be ours)."""
+    for fd in list(watched):
+        try:
+            os.fstat(fd)
+        except OSError:
+            watched.discard(fd)
+
+
+def wake_parent(pipefd, breaker, watched):
+    """The Waker's main loop; mirrors wake_parent() in lguest.c.
+
+    pipefd: the read end of the control pipe from the Launcher; breaker:
+    the Host's BREAK channel (breaker.write((LHREQ_BREAK, 1)) blocks until
+    the Launcher clears it; False if the Launcher is gone); watched: the set
+    of fds to watch.  Never returns: exits 0 on EOF of pipefd, or when the
+    Launcher is gone."""
+    pending = b""
+    while True:
+        fds = [pipefd] + sorted(watched)
+        try:
+            ready, _, _ = select.select(fds, [], [])
+        except InterruptedError:
+            continue
+        except OSError as e:
+            if e.errno != errno.EBADF:
+                raise
+            _prune_bad_fds(watched)
+            continue
+
+        # Orders from the Launcher come first: it may be telling us to
+        # stop watching the very fd that is readable.
+        if pipefd in ready:
+            try:
+                data = os.read(pipefd, 4096)
+            except InterruptedError:
+                continue
+            if not data:
+                os._exit(0)
+            pending += data
+            whole = len(pending) - len(pending) % _INT.size
+            for (fd,) in _INT.iter_unpack(pending[:whole]):
+                if fd >= 0:
+                    watched.add(fd)
+                else:
+                    watched.discard(-fd - 1)
+            pending = pending[whole:]
+            continue
+
+        STATS.bump("breaks")
+        try:
+            still_there = breaker.write((LHREQ_BREAK, 1))
+        except OSError:
+            still_there = False
+        if still_there is False:
+            os._exit(0)
+
+
+def setup_waker(lg, devices):
+    """Fork the Waker and return the fd of the pipe that steers it (also
+    stored in devices.waker_fd); mirrors setup_waker() in lguest.c.
+
+    Call after LHREQ_INITIALIZE and after every device is set up (the Waker
+    can only watch fds that exist when it is forked).  The Waker watches
+    devices.infds and holds no other fd of ours; the Launcher closes its own
+    copy of the breaker here."""
+    breaker = lg.breaker()
+    try:
+        rfd, wfd = os.pipe()
+    except OSError:
+        err("Creating pipe for the Waker")
+    watched = set(devices.infds)
+    keep = {rfd} | watched
+    need = breaker_fds(breaker)
+    if need is None:
+        # The breaker didn't say which fds it uses, so we can't close
+        # "everything else"; close what we know is the Launcher's alone.
+        keep = set(_open_fds()) - {wfd}
+    else:
+        keep |= need
+    try:
+        fork_child("waker", lambda: wake_parent(rfd, breaker, watched), keep)
+    except OSError:
+        err("forking")
+    os.close(rfd)
+    breaker.close()
+    devices.waker_fd = wfd
+    return wfd
+
+
+def _open_fds():
+    try:
+        return [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(1024))
