@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 # Run from anywhere: the packages sit beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -507,8 +508,22 @@ def cleanup():
         _cleanup_lock.release()
 
 
+#: Set when the signal thread has taken over the exit: the main thread may
+#: then notice the consequences (the Waker it just ended is gone) but must
+#: neither print about them nor exit first.
+_signal_exit = threading.Event()
+
+
+def _park_if_signalled():
+    """The signal thread is ending us: wait for its _exit."""
+    if _signal_exit.is_set():
+        while True:
+            time.sleep(1)
+
+
 def _die(msg, status):
     """Leave now, from any thread: clean up, one line on stderr, _exit."""
+    _signal_exit.set()
     cleanup()
     if msg:
         try:
@@ -660,6 +675,7 @@ def _print_death(msg):
     """Print "lguest: msg" on stderr after the terminal is restored (so the
     line isn't mangled by raw mode); mirrors errx()'s output."""
     cleanup()
+    _park_if_signalled()
     try:
         sys.stderr.write("lguest: %s\n" % msg)
         sys.stderr.flush()
@@ -669,6 +685,7 @@ def _print_death(msg):
 
 if __name__ == "__main__":
     code = main()
+    _park_if_signalled()
     try:
         sys.stdout.flush()
         sys.stderr.flush()

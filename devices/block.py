@@ -323,6 +323,7 @@ def handle_io_finish(lg, dev):
         _worker_gone(vblk)
     done, _ = _take_records(lg, dev, data)
     if done:
+        STATS.bump("blk_done_seen", done)
         STATS.bump("blk_irqs")
         dev.vq.trigger_irq(lg)
     return True

@@ -97,9 +97,12 @@ def handle_console_input(lg, dev):
     except OSError:
         length = -1
     if length <= 0:
-        # Closed, /dev/null, or something went terribly wrong.  (The buffer
-        # stays with us: the Guest will never get console input again.)
+        # Closed, /dev/null, or something went terribly wrong.  The C kept
+        # the buffer; we hand it back empty, so a Guest can tell the end of
+        # input from silence (ours powers its demo off; Linux's hvc just
+        # reads nothing and carries on), and then never look again.
         _warn("Failed to get console input, ignoring console.")
+        vq.add_used_and_trigger(lg, head, 0)
         restore_term()
         # No more enable_fd() when the Guest adds input buffers.
         vq.handle_output = None

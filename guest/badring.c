@@ -163,10 +163,10 @@ int badring_run(const char *name)
 		u16 from;
 		if (console_tx(&q))
 			return 1;
+		printk("lgbad avail-jump: console tx avail idx moved num+1 = "
+		       "%u ahead\n", q.num + 1);
+		/* Read it after the printk, whose own buffer moved it. */
 		from = q.avail->idx;
-		printk("lgbad avail-jump: console tx avail idx %u -> %u "
-		       "(more than num=%u ahead)\n", from,
-		       (u16)(from + q.num + 1), q.num);
 		q.avail->idx = from + q.num + 1;
 		barrier();
 		hcall(LHCALL_NOTIFY, q.pfn << 12, 0, 0, 0);

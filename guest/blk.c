@@ -20,7 +20,8 @@
  * every used buffer off the used ring and counts it, as virtblk_done() does.
  * Whoever queued a request sleeps (wait_for_interrupt) until it is marked
  * done.  Nothing ever polls the used ring, so a lost interrupt shows up as a
- * request that never completes.
+ * request that never completes (and a watchdog, blk_sleep(), turns that into
+ * a FAIL instead of a hang).
  */
 #include "kernel.h"
 #include "virtio.h"
@@ -38,6 +39,7 @@
 #define VIRTIO_BLK_S_OK 0
 #define VIRTIO_BLK_S_IOERR 1
 #define VIRTIO_BLK_S_UNSUPP 2
+#define VIRTIO_BLK_ID_BYTES 20	/* GET_ID answers this many, NUL padded */
 
 /* Feature bits we understand. */
 #define VIRTIO_BLK_F_SEG_MAX 2
@@ -50,7 +52,11 @@
 /* The most data segments we ever put in one request. */
 #define BLK_MAXSEG 4
 /* How long a request may take before we call it lost (ns). */
-#define BLK_TIMEOUT_NS (10ull * 1000000000ull)
+#define BLK_TIMEOUT_NS (5ull * 1000000000ull)
+/* The watchdog: a one-shot clock event this far ahead, re-armed at most
+ * every BLK_REARM_NS while we keep sleeping (ns). */
+#define BLK_WATCHDOG_NS 2000000000u
+#define BLK_REARM_NS 500000000ull
 
 /* struct virtio_blk_outhdr: 16 bytes, the first descriptor of a request. */
 struct blk_outhdr {
@@ -90,7 +96,6 @@ static struct {
 #define BLK_ARENA_PAGES 256	/* 1 MiB of buffers, carved up by each mode */
 #define BLK_NREQ 64		/* request structures: more than the ring holds */
 static struct blk_req reqs[BLK_NREQ];
-static volatile u32 dbg_nest, dbg_en, dbg_dbl, dbg_free, dbg_crit, dbg_incrit, dbg_reaped;
 
 /* The virtqueue callback: runs in the IRQ handler, interrupts disabled.
  * Like virtblk_done(): take every used buffer off the ring. */
@@ -99,19 +104,12 @@ static void blk_done(struct vq *vq)
 	struct blk_req *r;
 	u32 len;
 
-	static int depth;
-	if (depth++) dbg_nest++;
-	if (lguest_data.irq_enabled) dbg_en++;
 	blk.irqs++;
 	while ((r = vq_get_buf(vq, &len)) != NULL) {
-		if (r->done) dbg_dbl++;
-		if (!r->busy) dbg_free++;
-		if (dbg_crit) dbg_incrit++;
 		r->len = len;
 		r->done = 1;
 		blk.completions++;
 	}
-	depth--;
 }
 
 /* Find and start the device, as virtio_dev_probe() + virtblk_probe() would:
@@ -192,7 +190,9 @@ static void blk_put_req(struct blk_req *r)
 static int blk_add(struct blk_req *r, u32 type, u64 sector, unsigned int nseg)
 {
 	struct sg sg[BLK_MAXSEG + 2];
-	u32 bytes = r->nsect * SECTOR_SIZE, off = 0;
+	u32 bytes = type == VIRTIO_BLK_T_GET_ID ? VIRTIO_BLK_ID_BYTES :
+		r->nsect * SECTOR_SIZE;
+	u32 off = 0;
 	unsigned int i, n = 0;
 
 	r->hdr.type = type;
@@ -223,10 +223,39 @@ static int blk_add(struct blk_req *r, u32 type, u64 sector, unsigned int nseg)
 }
 
 /*
- * Sleep until *done is set (by blk_done, from the interrupt).  Interrupts are
- * disabled on return.  -1 if BLK_TIMEOUT_NS passes (noticed at the next
- * wakeup of any kind): the request or its interrupt got lost.
+ * Sleeping.  Only the queue's interrupt wakes us for a completion, so if the
+ * Host lost one we would sleep for ever.  Rather than hang, we keep a
+ * watchdog: the clock event (IRQ 0, whose handler the core owns) armed a
+ * couple of seconds ahead while we sleep, so every wait notices when it has
+ * gone on too long.  Re-arming costs a hypercall, hence at most twice a
+ * second; blk_watchdog_off() cancels it when a mode is done.
  */
+static u64 watchdog_armed_at;
+
+static void blk_sleep(void)
+{
+	u64 now = now_ns();
+
+	if (!watchdog_armed_at || now - watchdog_armed_at > BLK_REARM_NS) {
+		hcall(LHCALL_SET_CLOCKEVENT, BLK_WATCHDOG_NS, 0, 0, 0);
+		watchdog_armed_at = now ? now : 1;
+	}
+	/* Interrupts are off: the HALT is made with them off and the Host
+	 * enables them as it wakes us (lguest_safe_halt), so a completion
+	 * that came in after the caller's last look is not missed. */
+	wait_for_interrupt();
+}
+
+static void blk_watchdog_off(void)
+{
+	if (watchdog_armed_at) {
+		hcall(LHCALL_SET_CLOCKEVENT, 0, 0, 0, 0);
+		watchdog_armed_at = 0;
+	}
+}
+
+/* Sleep until *done is set (by blk_done, from the interrupt).  Interrupts
+ * are disabled on return.  -1 after BLK_TIMEOUT_NS: lost. */
 static int blk_wait(volatile u8 *done)
 {
 	u64 deadline = now_ns() + BLK_TIMEOUT_NS;
@@ -237,10 +266,23 @@ static int blk_wait(volatile u8 *done)
 			return 0;
 		if (now_ns() > deadline)
 			return -1;
-		/* Re-enables interrupts and halts: a completion that came in
-		 * between the test and here is delivered at once. */
-		wait_for_interrupt();
+		blk_sleep();
 	}
+}
+
+/* Sleep until blk_done() has taken at least one more buffer than before.
+ * Interrupts off on entry and on return.  -1 after BLK_TIMEOUT_NS. */
+static int blk_wait_progress(u32 before)
+{
+	u64 deadline = now_ns() + BLK_TIMEOUT_NS;
+
+	while (blk.completions == before) {
+		if (now_ns() > deadline)
+			return -1;
+		blk_sleep();
+		irq_disable();
+	}
+	return 0;
 }
 
 /* Why a request failed, for a test's "why". */
@@ -271,22 +313,22 @@ static int blk_sync(struct blk_req *r, u32 type, u64 sector, const char *what,
 	u32 flags = irq_save();
 	int ok;
 
-	if (blk_add(r, type, sector, r->nsect ? 1 : 0) != 0) {
+	if (blk_add(r, type, sector, 1) != 0) {
 		irq_restore(flags);
 		snprintf(why, whylen, "%s: ring full", what);
 		return 0;
 	}
 	blk.queued++;
 	vq_kick(blk.vq);
-	if (blk_wait(&r->done) != 0) {
-		irq_restore(flags);
+	ok = blk_wait(&r->done) == 0;
+	blk_watchdog_off();
+	irq_restore(flags);
+	if (!ok) {
 		snprintf(why, whylen, "%s of sector %llu: no completion "
 			 "(lost interrupt?)", what, sector);
 		return 0;
 	}
-	irq_restore(flags);
-	ok = blk_check(r, what, why, whylen);
-	return ok;
+	return blk_check(r, what, why, whylen);
 }
 
 /* Read nsect sectors at sector into buf (direct-mapped memory). */
@@ -335,6 +377,23 @@ static int blk_flush(char *why, size_t whylen)
 	r->nsect = 0;
 	ok = blk_sync(r, VIRTIO_BLK_T_FLUSH, 0, "flush", why, whylen);
 	blk_put_req(r);
+	return ok;
+}
+
+/* GET_ID: the disk's serial number, up to 20 bytes (a NUL-terminated copy
+ * in serial[21]). */
+static int blk_get_id(char *serial, char *why, size_t whylen)
+{
+	struct blk_req *r = blk_get_req();
+	int ok;
+
+	r->buf = blk.arena;
+	r->nsect = 0;
+	memset(blk.arena, 0, VIRTIO_BLK_ID_BYTES);
+	ok = blk_sync(r, VIRTIO_BLK_T_GET_ID, 0, "get-id", why, whylen);
+	blk_put_req(r);
+	memcpy(serial, blk.arena, VIRTIO_BLK_ID_BYTES);
+	serial[VIRTIO_BLK_ID_BYTES] = '\0';
 	return ok;
 }
 
@@ -430,6 +489,7 @@ static int blk_stream(u32 type, u64 first, u64 count, u32 chunk,
 			break;
 		tail++;
 	}
+	blk_watchdog_off();
 	irq_restore(flags);
 	for (i = 0; i < depth; i++)
 		blk_put_req(slot[i]);
@@ -710,10 +770,8 @@ static void stress_reap(struct stress *st)
 	unsigned int i;
 
 	for (i = 0; i < BLK_NREQ; i++)
-		if (reqs[i].busy && reqs[i].done) {
-			dbg_reaped++;
+		if (reqs[i].busy && reqs[i].done)
 			stress_complete(st, &reqs[i]);
-		}
 }
 
 int test_blk_stress(char *why, size_t whylen)
@@ -759,49 +817,26 @@ int test_blk_stress(char *why, size_t whylen)
 	while (now_ns() < deadline && st.errors == 0) {
 		int n = 0;
 		/* Fill the ring (or the slots), one kick for the lot. */
-		dbg_crit = 1;
 		while (stress_queue_one(&st))
 			n++;
-		dbg_crit = 0;
 		if (n)
 			vq_kick(blk.vq);
 		if (st.inflight == 0)
 			continue;
 		/* Sleep until something completes, then take it all. */
-		{
-			u32 before = blk.completions;
-			u64 limit = now_ns() + 3000000000ull;
-			while (blk.completions == before && now_ns() < limit) {
-				hcall(9, 1000000000u, 0,0,0);
-				wait_for_interrupt();
-				irq_disable();
-			}
-			if (blk.completions == before) {
-				printk("DBG used=%u last_used=%u avail=%u free=%u pend=%x en=%x\n", blk.vq->used->idx, blk.vq->last_used_idx, blk.vq->avail->idx, blk.vq->num_free, lguest_data.irq_pending, lguest_data.irq_enabled);
-				snprintf(why, whylen, "%u requests in flight, "
-					 "none completed (lost interrupt?)",
-					 st.inflight);
-				irq_restore(flags);
-				return 0;
-			}
-		}
+		if (blk_wait_progress(blk.completions) != 0)
+			break;		/* the drain below reports it */
 		stress_reap(&st);
 	}
 	/* Drain: every request we queued must come back by interrupt. */
 	{
-		u64 limit = now_ns() + BLK_TIMEOUT_NS;
-		while (st.inflight && now_ns() < limit) {
-			stress_reap(&st);
-			if (!st.inflight)
-				break;
-			wait_for_interrupt();
-			irq_disable();
-		}
 		stress_reap(&st);
+		while (st.inflight && blk_wait_progress(blk.completions) == 0)
+			stress_reap(&st);
 	}
+	blk_watchdog_off();
 	irq_restore(flags);
 
-	printk("dbg nest=%u en=%u dbl=%u free=%u incrit=%u reaped=%u\n", dbg_nest, dbg_en, dbg_dbl, dbg_free, dbg_incrit, dbg_reaped);
 	printk("blk-stress: requests=%u errors=%u irqs=%u verified=%u "
 	       "inflight_max=%u\n", st.requests, st.errors, blk.irqs - irqs0,
 	       st.verified, st.inflight_max);
@@ -878,20 +913,14 @@ static int bench_rand4k(unsigned int depth, u64 ns, char *why, size_t whylen)
 			vq_kick(blk.vq);
 		if (!inflight)
 			break;
-		{
-			u32 before = blk.completions;
-			u64 limit = now_ns() + BLK_TIMEOUT_NS;
-			while (blk.completions == before && now_ns() < limit) {
-				wait_for_interrupt();
-				irq_disable();
-			}
-			if (blk.completions == before) {
-				snprintf(why, whylen, "bench: lost interrupt");
-				ok = 0;
-				break;
-			}
+		if (blk_wait_progress(blk.completions) != 0) {
+			snprintf(why, whylen, "%u reads in flight, none completed "
+				 "(lost interrupt?)", inflight);
+			ok = 0;
+			break;
 		}
 	}
+	blk_watchdog_off();
 	irq_restore(flags);
 	t = now_ns() - t0;
 	for (i = 0; i < depth; i++)
@@ -957,7 +986,7 @@ void blk_demo(void)
 {
 	char why[96];
 	u8 *sb;
-	char label[17];
+	char label[VIRTIO_BLK_ID_BYTES + 1];	/* serial, then volume name */
 	u32 blocks, log;
 	u16 magic;
 
@@ -970,6 +999,12 @@ void blk_demo(void)
 		       blk.capacity);
 		return;
 	}
+	if (blk_get_id(label, why, sizeof(why)))
+		printk("/dev/vda: serial %s, %llu sectors (%llu KiB)\n",
+		       label[0] ? label : "<none>", blk.capacity,
+		       blk.capacity / 2);
+	else
+		printk("/dev/vda: %s\n", why);
 	/* Sectors 2 and 3 hold the superblock. */
 	if (!blk_read(EXT2_SB_OFFSET / SECTOR_SIZE, blk.arena, 2, why,
 		      sizeof(why))) {

@@ -38,7 +38,8 @@ void *entry_stub(unsigned int vector);	/* entry.S stub, or NULL */
 typedef int (*trap_fn)(struct pt_regs *regs);
 trap_fn set_trap_handler(unsigned int vector, trap_fn fn);	/* returns the old one */
 extern volatile u32 irq_count[32];	/* IRQs delivered, per line */
-u32 noirq_spin(u32 cycles);	/* entry.S: spin inside the noirq window; irq_count[0] */
+/* entry.S: spin inside the noirq window; irq_count[0] at entry and exit. */
+u32 noirq_spin(u32 cycles, u32 *entry_count);
 
 /* mm.c */
 #define DEMAND_BASE	0xFF800000u	/* kernel window mapped on first touch, */
@@ -94,6 +95,18 @@ void run_bad(const char *name);
 void main_demo(void);
 
 static inline void cpu_relax(void) { asm volatile("rep; nop" ::: "memory"); }
+static inline u64 rdtsc64(void)
+{
+	u32 lo, hi;
+	asm volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	return ((u64)hi << 32) | lo;
+}
+/* TSC ticks to nanoseconds, once tsc_khz is known (0 if it isn't). */
+static inline u32 tsc_to_ns(u64 ticks)
+{
+	extern u32 tsc_khz;
+	return tsc_khz ? (u32)(ticks * 1000000ull / tsc_khz) : 0;
+}
 static inline u32 rdtsc_lo(void)
 {
 	u32 lo, hi;

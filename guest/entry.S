@@ -91,15 +91,19 @@ lguest_noirq_start:
 	popl	%eax
 	iret
 /*
- * noirq_spin(cycles): not part of Linux.  The irq test needs to stay inside
- * the noirq window for a while to see the Host hold an interrupt back, and
- * the window is fixed at LGUEST_INIT, so the spin lives here, inside it.  It
- * spins for "cycles" TSC ticks (rdtsc works in ring 1; the low word's
- * difference is enough below 2^32 ticks) and returns irq_count[0], the timer
- * IRQs delivered so far, read before leaving the window.
+ * noirq_spin(cycles, &entry_count): not part of Linux.  The irq test needs to
+ * stay inside the noirq window for a while to see the Host hold an
+ * interrupt back, and the window is fixed at LGUEST_INIT, so the spin lives
+ * here, inside it.  It stores irq_count[0] (timer IRQs delivered so far) as
+ * it enters, spins for "cycles" TSC ticks (rdtsc works in ring 1; the low
+ * word's difference is enough below 2^32 ticks), and returns irq_count[0]
+ * read before leaving: any difference was delivered inside the window.
  */
 noirq_spin:
 	pushl	%ebx
+	movl	irq_count, %eax
+	movl	12(%esp), %ecx
+	movl	%eax, (%ecx)			/* *entry_count */
 	rdtsc
 	movl	%eax, %ebx			/* start */
 1:	rdtsc

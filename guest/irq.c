@@ -6,8 +6,8 @@
  * Host reads before delivering.  If it finds them disabled it sets
  * lguest_data.irq_pending and waits; so when we re-enable we look at
  * irq_pending and, if set, ask for delivery with SEND_INTERRUPTS.  These are
- * the paravirt irq ops of arch/x86/lguest/boot.c (lguest_irq_enable and
- * friends, save_fl/restore_fl in lguest's irq code).
+ * lguest's paravirt irq ops: save_fl and irq_disable in arch/x86/lguest/
+ * boot.c, lg_irq_enable and lg_restore_fl in arch/x86/lguest/head_32.S.
  *
  * The IDT lives in the Host: every gate goes to it with LOAD_IDT_ENTRY, as
  * lguest_write_idt_entry() does.

@@ -3,6 +3,20 @@
  * says hello, finds the devices, and then does one of three things the
  * command line chooses: a deliberately bad action (lgbad=NAME, for the
  * Host's death tests), test modes (lgtest=...), or the demo with a prompt.
+ *
+ * Reading the whole Guest side of lguest, in the order it runs:
+ *   guest.ld     the layout: linked at 0xC1000000, loaded at 0x1000000
+ *   head.S       startup_32 and lguest_entry: boot_params, page tables,
+ *                LGUEST_INIT, NEW_PGTABLE
+ *   lguest.h     the ABI: hypercall numbers, struct lguest_data, hcall()
+ *   boot.c       lguest_init: lguest_data, the async ring, GDT/TLS, clock,
+ *                early console, power off
+ *   irq.c        the interrupt flag in lguest_data, the IDT, trap dispatch
+ *   entry.S      trap entry stubs and lguest_iret with its noirq window
+ *   mm.c         page tables through SET_PTE/SET_PGD, demand paging
+ *   user.c       ring 3 and int $0x80 (user_prog.S: the programs)
+ *   virtio.c     the lguest device page and vrings (lguest_device.c)
+ *   console.c    the virtio console; then this file; tests.c, bad.c
  */
 #include "core.h"
 #include "virtio.h"
@@ -77,6 +91,9 @@ void main_demo(void)
 		printk("no console device: nothing to read, powering off\n");
 		return;
 	}
+	/* A whole line first: a reader that goes line by line (a pipe, a
+	 * test) sees the prompt has arrived before anything is typed. */
+	printk("pylguest> type a line and it comes back; \"poweroff\" powers off\n");
 	for (;;) {
 		int n;
 		printk("pylguest> ");

@@ -6,8 +6,9 @@
  * is to be told when we change them, as Linux's lguest paravirt MMU ops do:
  * SET_PTE after writing a PTE (lguest_pte_update), SET_PGD after writing a
  * top-level entry (lguest_set_pmd), NEW_PGTABLE to switch (lguest_write_cr3),
- * FLUSH_TLB to flush.  SET_PTE is "lazy": inside lazy_mmu_enter/leave it goes
- * through the async ring.
+ * FLUSH_TLB to flush.  Like Linux's, all of these are "lazy": between
+ * lazy_mmu_enter() and lazy_mmu_leave() they are queued in the async ring
+ * instead of trapping, and the Host runs them in order at its next entry.
  */
 #include "core.h"
 

@@ -9,7 +9,9 @@ emulation: one helper thread, which sleeps in select() on
   * our end of a socketpair whose other end the Waker process holds (a byte from the
     Waker = BREAK; end-of-file = the Waker died),
   * a pipe the main thread pokes when the clock deadline moves earlier,
-  * the clock deadline itself (the select() timeout).
+  * the clock deadline itself (the select() timeout), and the "recheck" tick that
+    stands in for the host timer interrupts which used to get the real Host out of
+    a spinning Guest to deliver a still-pending interrupt.
 
 A stop requested while the main thread is not inside emu_start() is lost (emu_start
 clears it), so the thread keeps calling emu_stop() until the main loop acknowledges the
@@ -25,9 +27,12 @@ import sys
 import threading
 import time
 
+from .abi import LHREQ_BREAK
+
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
 SWITCH_INTERVAL = 0.0002
 RETRY = 0.0002            # seconds between repeated emu_stop() while unacknowledged
+RECHECK = 0.001           # a pending interrupt is looked at again within this (a "tick")
 
 
 class Breaker:
@@ -44,7 +49,6 @@ class Breaker:
         return self._sock.fileno()
 
     def write(self, req):
-        from .abi import LHREQ_BREAK
         if len(req) != 2 or req[0] != LHREQ_BREAK or req[1] != 1:
             raise ValueError("the Waker can only write (LHREQ_BREAK, 1)")
         try:
@@ -72,6 +76,7 @@ class Channel:
         self.waker_gone = False
         self.timer_fired = False
         self.deadline = None       # time.monotonic() of the clock event, or None
+        self.recheck = None        # time.monotonic() to stop the Guest and look again
         self._thread_deadline = None
         self.breaks_received = 0   # thread
         self.breaks_released = 0   # main
@@ -147,6 +152,21 @@ class Channel:
         if self._ctl_w is not None and (td is None or dl < td):
             self._poke()
 
+    def request_recheck(self, delay=RECHECK):
+        """Stop the Guest in `delay` seconds so the run loop looks at interrupts again.
+
+        The real Host got out of the Guest at every host timer tick and so delivered a
+        still-pending interrupt within milliseconds, even to a Guest that spins with no
+        hypercall.  Nothing else would stop our emulation: this tick stands in for it.
+        """
+        with self.lock:
+            if self.recheck is not None:
+                return
+            self.recheck = t = time.monotonic() + delay
+            td = self._thread_deadline
+        if self._ctl_w is not None and (td is None or t < td):
+            self._poke()
+
     def release_waker(self):
         """LHREQ_BREAK, 0: let every blocked BREAK writer go."""
         n = self.breaks_received - self.breaks_released
@@ -166,6 +186,8 @@ class Channel:
                 fds.append(self.host_sock)
             with self.lock:
                 dl = self.deadline
+                if self.recheck is not None and (dl is None or self.recheck < dl):
+                    dl = self.recheck
                 self._thread_deadline = dl
                 stopping = self.kick_gen != self.kick_seen and self.in_emu
             timeout = None if dl is None else max(0.0, dl - time.monotonic())
@@ -195,9 +217,13 @@ class Channel:
                     self.waker_gone = True
                 new = True
             with self.lock:
-                if self.deadline is not None and time.monotonic() >= self.deadline:
+                now = time.monotonic()
+                if self.deadline is not None and now >= self.deadline:
                     self.deadline = None
                     self.timer_fired = True
+                    new = True
+                if self.recheck is not None and now >= self.recheck:
+                    self.recheck = None
                     new = True
             if new:
                 self.kick_gen += 1

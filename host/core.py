@@ -207,6 +207,8 @@ class Guest:
             return
         if self.irqs_pending:
             it.deliver_interrupts(self)
+            if self.irqs_pending:
+                ch.request_recheck()
         if self.halted or self.dead is not None:
             self._stop()
 
@@ -453,6 +455,10 @@ class Guest:
             if self.gdt_changed:
                 self.reload_segments()
             page_tables.check_switcher(self)
+            if self.irqs_pending:
+                # Still waiting (interrupts off, blocked, or one at a time): look again
+                # soon even if the Guest makes no hypercall, as a host tick would have.
+                ch.request_recheck()
 
             # Into the Guest.  in_emu goes up before the last look at the events, so an
             # event the thread raises from here on gets its emu_stop() retried.

@@ -15,11 +15,11 @@ import struct
 import time
 
 from . import page_tables
-from .ucinternals import CS_SELECTOR_WORD, SS_SELECTOR_WORD
 from .abi import (FIRST_EXTERNAL_VECTOR, GUEST_CS, GUEST_PL, IDT_ENTRIES, LD_BLOCKED_INTERRUPTS,
                   LD_IRQ_ENABLED, LD_IRQ_PENDING, LD_TIME, LGUEST_IRQS,
                   LGUEST_TRAP_ENTRY, SYSCALL_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_NT,
                   X86_EFLAGS_RF, X86_EFLAGS_TF, X86_EFLAGS_VM)
+from .ucinternals import CS_SELECTOR_WORD, SS_SELECTOR_WORD
 
 _TRAP_FLAGS = X86_EFLAGS_TF | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT
 _FRAMES = {n: struct.Struct("<%dI" % n) for n in (3, 4, 5, 6)}

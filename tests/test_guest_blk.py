@@ -168,7 +168,8 @@ def test_write_past_end_kills_launcher_and_keeps_the_file(run_launcher, tmp_path
 
 
 def _dumpe2fs_lines(image):
-    out = subprocess.run(["/sbin/dumpe2fs", "-h", str(image)], capture_output=True,
+    tool = "/sbin/dumpe2fs" if Path("/sbin/dumpe2fs").exists() else "dumpe2fs"
+    out = subprocess.run([tool, "-h", str(image)], capture_output=True,
                          text=True, check=True).stdout
     keep = ("Filesystem volume name:", "Block count:", "Block size:")
     return [line for line in out.splitlines() if line.startswith(keep)]
@@ -191,6 +192,12 @@ def test_demo_superblock_matches_dumpe2fs(run_launcher, tmp_path, label, blocksi
     got = [line.rstrip("\r") for line in proc.stdout.splitlines()]
     for line in want:
         assert line in got, (line, proc.stdout)
+    # GET_ID answered, and the capacity is the image's.
+    m = re.search(r"^/dev/vda: serial (\S+), (\d+) sectors \((\d+) KiB\)$",
+                  proc.stdout, re.M)
+    assert m, proc.stdout
+    assert m.group(1) != "<none>"
+    assert int(m.group(2)) == mb * 2048 and int(m.group(3)) == mb * 1024
 
 
 def test_demo_says_when_there_is_no_ext2(run_launcher, tmp_path):

@@ -217,3 +217,21 @@ def test_time_moves(guest):
     g = guest(10)
     notes, died = run(g)
     assert notes[1] >= notes[0] and 0 <= notes[2] < 1_000_000_000
+
+
+def test_second_pending_irq_reaches_a_spinning_guest(guest):
+    """Two IRQs at once: the first is delivered on entry, the second once the handler
+    has returned, although the spinning Guest never makes another hypercall (the real
+    Host got there on its next timer tick)."""
+    g = guest(7)
+    assert g.read() == 1
+    g.lg.write((LHREQ_IRQ, 1))
+    g.lg.write((LHREQ_IRQ, 2))
+    brk = g.lg.breaker()
+    t = threading.Timer(0.1, lambda: brk.write((LHREQ_BREAK, 1)))
+    t.start()
+    with pytest.raises(BlockingIOError):
+        g.read()
+    g.lg.write((LHREQ_BREAK, 0))
+    t.join(2)
+    assert vecs(g) == [0x21, 0x22]

@@ -237,3 +237,66 @@ def test_ram_size_and_guest_limit_follow_c(mem):
     assert launcher.ram_size(mem) == 64 * MB
     assert mem.guest_limit == 64 * MB
     assert mem.guest_max == 64 * MB + 256 * 4096
+
+
+# --- a bzImage that really runs ------------------------------------------------------
+
+def _tiny_bzimage_guest(code32_offset=0x10):
+    """A bzImage whose payload is a few hand-assembled instructions: at
+    code32_start it checks esi == 0 (boot_params at 0), the command line at
+    0x1000 starts with "X" and hardware_subarch is 1, then makes
+    LGUEST_INIT and SHUTDOWN("Power down").  Any failed check runs into
+    ud2, which kills the Guest.  Payload offsets: 0 ud2s, 0x10 the code,
+    0x100 the message, 0x2000 lguest_data (syscall_vec = 0x80, as the Host
+    insists)."""
+    base = 0x100000
+    code = bytearray()
+
+    def jnz_to_ud2():
+        here = 0x10 + len(code) + 2
+        code.extend(b"\x75" + struct.pack("<b", 0 - here))
+
+    code += b"\x85\xF6"                                   # test esi, esi
+    jnz_to_ud2()
+    code += b"\x80\x3D" + struct.pack("<I", 0x1000) + b"X"    # cmp byte [0x1000], 'X'
+    jnz_to_ud2()
+    code += b"\x83\x3D" + struct.pack("<I", 0x23C) + b"\x01"  # cmp dword [0x23C], 1
+    jnz_to_ud2()
+    code += b"\xB8" + struct.pack("<I", 1)                # mov eax, LHCALL_LGUEST_INIT
+    code += b"\xBB" + struct.pack("<I", base + 0x2000)    # mov ebx, &lguest_data
+    code += b"\xCD\x1F"                                   # int $0x1f
+    code += b"\xB8" + struct.pack("<I", 2)                # mov eax, LHCALL_SHUTDOWN
+    code += b"\xBB" + struct.pack("<I", base + 0x100)     # mov ebx, "Power down"
+    code += b"\xB9" + struct.pack("<I", 1)                # mov ecx, LGUEST_SHUTDOWN_POWEROFF
+    code += b"\xCD\x1F"                                   # int $0x1f
+    code += b"\xEB\xFE"                                   # jmp .
+    payload = bytearray(0x3000)
+    payload[0:0x10] = b"\x0F\x0B" * 8                     # ud2 x 8
+    payload[0x10:0x10 + len(code)] = code
+    payload[0x100:0x10B] = b"Power down\0"
+    payload[0x2000 + 1388] = 0x80                         # lguest_data.syscall_vec
+    return bzimage(bytes(payload), setup_sects=2,
+                   code32_start=base + code32_offset)
+
+
+def _run(args):
+    import subprocess
+    from conftest import LAUNCHER, PYTHON, ROOT
+    return subprocess.run([PYTHON, str(LAUNCHER), *map(str, args)],
+                          stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+
+
+def test_bzimage_boots_at_code32_start(tmp_path):
+    (tmp_path / "bz").write_bytes(_tiny_bzimage_guest())
+    proc = _run([16, tmp_path / "bz", "X-marks-the-spot"])
+    assert "Traceback" not in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    assert "lguest: CRASH: Power down" in proc.stderr
+    # The same image with another command line fails its own check.
+    proc = _run([16, tmp_path / "bz", "Y"])
+    assert proc.returncode == 1 and "Power down" not in proc.stderr, proc.stderr
+    # And entered anywhere but code32_start it dies on the ud2s.
+    (tmp_path / "bz0").write_bytes(_tiny_bzimage_guest(code32_offset=0))
+    proc = _run([16, tmp_path / "bz0", "X"])
+    assert proc.returncode == 1 and "Power down" not in proc.stderr, proc.stderr

@@ -21,6 +21,7 @@ SLOTS = (
     "blk_done_bytes",   # worker: bytes written to the done pipe
     "blk_finish_calls", # Launcher: handle_io_finish() calls
     "blk_irqs",         # Launcher: block interrupts triggered
+    "blk_done_seen",    # Launcher: completions read from the done pipe
 )
 _Q = struct.Struct("<Q")
 SIZE = _Q.size * len(SLOTS)
