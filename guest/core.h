@@ -38,6 +38,7 @@ void *entry_stub(unsigned int vector);	/* entry.S stub, or NULL */
 typedef int (*trap_fn)(struct pt_regs *regs);
 trap_fn set_trap_handler(unsigned int vector, trap_fn fn);	/* returns the old one */
 extern volatile u32 irq_count[32];	/* IRQs delivered, per line */
+extern u32 irq_nested;			/* ...of which arrived while disabled */
 /* entry.S: spin inside the noirq window; irq_count[0] at entry and exit. */
 u32 noirq_spin(u32 cycles, u32 *entry_count);
 

@@ -137,6 +137,7 @@ static struct {
 	void *arg;
 } irq_handlers[32];
 volatile u32 irq_count[32];
+u32 irq_nested;		/* interrupts that arrived while they were off */
 
 void request_irq(unsigned int irq, void (*handler)(unsigned int irq, void *arg), void *arg)
 {
@@ -176,12 +177,23 @@ void trap_dispatch(struct pt_regs *regs)
 	unsigned int v = regs->vector;
 
 	if (v >= FIRST_EXTERNAL_VECTOR && v < FIRST_EXTERNAL_VECTOR + 32) {
+		static int depth;
 		unsigned int irq = v - FIRST_EXTERNAL_VECTOR;
+
+		/* Handlers run with interrupts off, so an interrupt can't
+		 * land inside one, nor on code that had them off: if one
+		 * does, the Host ignored irq_enabled, and drivers will see
+		 * their queues change under their feet.  Say so, once. */
+		if ((depth || !(regs->eflags & X86_EFLAGS_IF)) && !irq_nested++)
+			printk("irq %u: delivered with interrupts disabled (eip %08x)\n",
+			       irq, regs->eip);
+		depth++;
 		irq_count[irq]++;
 		if (irq_handlers[irq].fn)
 			irq_handlers[irq].fn(irq, irq_handlers[irq].arg);
 		else
 			printk("irq %u: nobody wants it\n", irq);
+		depth--;
 		return;
 	}
 	if (v == SYSCALL_VECTOR) {

@@ -26,6 +26,7 @@ typedef unsigned int size_t;
 /* lib.c: freestanding C library bits. */
 void *memset(void *s, int c, size_t n);
 void *memcpy(void *d, const void *s, size_t n);
+void *memmove(void *d, const void *s, size_t n);	/* overlapping copies (core extension) */
 int memcmp(const void *a, const void *b, size_t n);
 size_t strlen(const char *s);
 int strcmp(const char *a, const char *b);
@@ -52,7 +53,11 @@ void irq_disable(void);
 /* Register the handler for lguest IRQ n (vector 0x20 + n); n < 32.  Handlers run with
  * interrupts disabled. */
 void request_irq(unsigned int irq, void (*handler)(unsigned int irq, void *arg), void *arg);
-void wait_for_interrupt(void);	/* HALT hypercall with interrupts enabled: sleeps until one */
+/* HALT until an interrupt has been handled (safe-halt: the HALT is made with interrupts
+ * disabled and the Host enables them as it wakes us, so nothing is lost between a check
+ * and the sleep).  Returns with interrupts as the caller had them: the race-free pattern
+ * is irq_disable(); while (!cond) wait_for_interrupt(); irq_enable(); */
+void wait_for_interrupt(void);
 
 /* Time (lguest_data.time and the clock event). */
 u64 now_ns(void);			/* monotonic enough: from lguest_data.time */

@@ -491,6 +491,8 @@ static int test_irq(char *why, size_t whylen)
 	if ((expect.frame_eflags & X86_EFLAGS_IF) || start != 0)
 		FAIL("disabled: frame IF %#x, irq_enabled after iret %#x",
 		     expect.frame_eflags & X86_EFLAGS_IF, start);
+	if (irq_nested)
+		FAIL("%u interrupts arrived while interrupts were disabled", irq_nested);
 	return 1;
 }
 
@@ -650,6 +652,24 @@ static int test_lib(char *why, size_t whylen)
 		FAIL("snprintf gave \"%s\"", buf);
 	if (snprintf(buf, 4, "%s", "truncated") != 9 || strcmp(buf, "tru"))
 		FAIL("snprintf truncation gave \"%s\"", buf);
+	{
+		static u8 a[64], b[64];
+		for (unsigned int k = 0; k < 64; k++)
+			a[k] = k;
+		memset(b, 0xEE, sizeof(b));
+		memcpy(b + 3, a + 1, 13);		/* odd length, odd offsets */
+		for (unsigned int k = 0; k < 64; k++) {
+			u8 want = (k >= 3 && k < 16) ? a[k - 2] : 0xEE;
+			if (b[k] != want)
+				FAIL("memcpy/memset: b[%u] = %#x, not %#x", k, b[k], want);
+		}
+		memset(b + 1, 0, 6);
+		if (b[0] != 0xEE || b[1] || b[6] || b[7] == 0)
+			FAIL("memset of 6 bytes at offset 1");
+		memmove(a + 2, a, 10);			/* overlapping, forwards */
+		if (a[2] != 0 || a[11] != 9)
+			FAIL("memmove overlap: %u %u", a[2], a[11]);
+	}
 	if (simple_strtoul("0x1f", NULL, 0) != 31 || simple_strtoul("017", NULL, 0) != 15
 	    || simple_strtoul("123abc", NULL, 10) != 123)
 		FAIL("simple_strtoul");

@@ -218,7 +218,7 @@ void vq_kick(struct vq *vq)
 void *vq_get_buf(struct vq *vq, u32 *len)
 {
 	struct vring_used_elem *e;
-	unsigned int i;
+	unsigned int i, head;
 	void *token;
 	u32 flags = irq_save();
 
@@ -229,10 +229,17 @@ void *vq_get_buf(struct vq *vq, u32 *len)
 	barrier();		/* the index before the entry it covers */
 	e = &vq->used->ring[vq->last_used_idx & (vq->num - 1)];
 	i = e->id;
-	if (i >= vq->num || !vq->tokens[i])
+	if (i >= vq->num || !vq->tokens[i]) {
+		/* Not a chain we have out: a device bug.  Say all we know. */
+		printk("virtio: vring at %#x: used entry %u (used->idx %u) names id %u"
+		       " len %u, which is not in flight (avail->idx %u, %u free)\n",
+		       vq->pfn << 12, vq->last_used_idx, vq->used->idx, i, e->len,
+		       vq->avail->idx, vq->num_free);
 		panic("virtio: Host used bad id %u", i);
+	}
 	if (len)
 		*len = e->len;
+	head = i;
 	token = vq->tokens[i];
 	vq->tokens[i] = NULL;
 	for (;;) {
@@ -242,7 +249,7 @@ void *vq_get_buf(struct vq *vq, u32 *len)
 		i = vq->desc[i].next;
 	}
 	vq->desc[i].next = vq->free_head;
-	vq->free_head = e->id;
+	vq->free_head = head;
 	vq->last_used_idx++;
 	irq_restore(flags);
 	return token;

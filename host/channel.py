@@ -13,11 +13,13 @@ emulation: one helper thread, which sleeps in select() on
     stands in for the host timer interrupts which used to get the real Host out of
     a spinning Guest to deliver a still-pending interrupt.
 
-A stop requested while the main thread is not inside emu_start() is lost (emu_start
-clears it), so the thread keeps calling emu_stop() until the main loop acknowledges the
-event (kick_seen catches up with kick_gen).  The lock makes sure an emu_stop() can only
-land inside an emu_start() entered while the event was unacknowledged, so every return
-from emu_start() has a reason the main loop can find.
+The thread never calls emu_stop() itself: from another thread unicorn stops in the
+middle of a translation block and then runs part of it again (see StopRequest in
+ucinternals.py).  It bumps kick_gen and raises the StopRequest flag; a native block
+hook stops the engine at the next block boundary.  The run loop lowers the flag *before*
+its last look at kick_gen and stays out of emu_start() while an event is unseen, so no
+event is lost: one raised after that look finds the flag up and stops the engine at the
+first block it runs.
 """
 
 import os
@@ -28,10 +30,10 @@ import threading
 import time
 
 from .abi import LHREQ_BREAK
+from .ucinternals import StopRequest
 
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
 SWITCH_INTERVAL = 0.0002
-RETRY = 0.0002            # seconds between repeated emu_stop() while unacknowledged
 RECHECK = 0.001           # a pending interrupt is looked at again within this (a "tick")
 
 
@@ -68,8 +70,8 @@ class Channel:
 
     def __init__(self, uc):
         self.uc = uc
+        self.stop_request = StopRequest(uc)
         self.lock = threading.Lock()
-        self.in_emu = False
         self.kick_gen = 0          # written by the thread only
         self.kick_seen = 0         # written by the main loop only
         self.break_flag = False
@@ -189,10 +191,7 @@ class Channel:
                 if self.recheck is not None and (dl is None or self.recheck < dl):
                     dl = self.recheck
                 self._thread_deadline = dl
-                stopping = self.kick_gen != self.kick_seen and self.in_emu
             timeout = None if dl is None else max(0.0, dl - time.monotonic())
-            if stopping:
-                timeout = RETRY if timeout is None else min(timeout, RETRY)
             try:
                 r, _, _ = select.select(fds, [], [], timeout)
             except (OSError, ValueError):
@@ -226,8 +225,7 @@ class Channel:
                     self.recheck = None
                     new = True
             if new:
+                # Order matters: the event first, then the flag (see the docstring).
                 self.kick_gen += 1
+                self.stop_request.set()
                 self.wake.set()
-            with self.lock:
-                if self.kick_gen != self.kick_seen and self.in_emu:
-                    self.uc.emu_stop()

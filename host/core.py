@@ -460,13 +460,11 @@ class Guest:
                 # soon even if the Guest makes no hypercall, as a host tick would have.
                 ch.request_recheck()
 
-            # Into the Guest.  in_emu goes up before the last look at the events, so an
-            # event the thread raises from here on gets its emu_stop() retried.
-            with ch.lock:
-                ch.in_emu = True
+            # Into the Guest.  Lower the stop flag before the last look at the events:
+            # an event the thread raises after this look finds the flag up again and
+            # stops the engine at its first block boundary.
+            ch.stop_request.clear()
             if ch.kick_gen != ch.kick_seen:
-                with ch.lock:
-                    ch.in_emu = False
                 continue
             self.stop_asked = False
             ui.clear_exception_state()
@@ -476,9 +474,6 @@ class Guest:
                 self._memory_death(e)
             except Exception as e:    # a hook went wrong: still one clean line
                 self.kill_guest("Host error: %s: %s" % (type(e).__name__, e))
-            finally:
-                with ch.lock:
-                    ch.in_emu = False
             if self.hook_error is not None:
                 e, self.hook_error = self.hook_error, None
                 if not isinstance(e, Exception):
