@@ -39,8 +39,11 @@ def verbose(fmt, *args):
     """printf() to stdout when --verbose was given; mirrors the C's verbose()
     macro.  Flushed at once so it interleaves sanely with Guest output."""
     if VERBOSE:
-        sys.stdout.write(fmt % args if args else fmt)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(fmt % args if args else fmt)
+            sys.stdout.flush()
+        except OSError:
+            err("Writing to stdout")
 
 
 def c_ptr(value):
@@ -593,7 +596,10 @@ def launch(argv):
     # Guest memory: one shared mapping, made before any fork, so the block
     # worker and the Waker share the very same pages.  The device page is
     # the first page above RAM.
-    mem = GuestMemory(ns.mem_mb << 20)
+    try:
+        mem = GuestMemory(ns.mem_mb << 20)
+    except (OSError, MemoryError):
+        err("Mapping %u MB of Guest memory" % ns.mem_mb)
     devices = DeviceList(mem, verbose=ns.verbose)
     _state["devices"] = devices
 
@@ -662,6 +668,9 @@ def main(argv=None):
             _print_death(e.code)
     except MemoryError:
         _print_death("Out of memory")
+    except BrokenPipeError:
+        # stdout went away (say, "| head"): print() in a device said so.
+        _print_death("Writing to stdout: Broken pipe")
     except BaseException as e:                 # a bug of ours: still one line
         if os.environ.get("PYLGUEST_TRACEBACK"):
             import traceback

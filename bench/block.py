@@ -17,6 +17,8 @@ Three measurements, all on one image file (random data, page cache warm):
            path (Guest driver, NOTIFY, worker, done pipe, Waker, BREAK,
            interrupt).  It prints seq64k_mbs, rand4k_qd1_iops and
            rand4k_qd32_iops; we add the counters from waker/stats.py.
+           Run twice: as the C does it (one done write per request), and
+           "guest-batched" (PYLGUEST_BLK_BATCH=1: one per pass over the ring).
 
 Prints one "name: key=value ..." line per measurement.
 """
@@ -152,9 +154,10 @@ class _Counter:
         self.n += 1
 
 
-def guest_bench(path, secs, timeout):
-    """Run the Guest's blk-bench; returns (figures dict, stats dict) or
-    (None, reason)."""
+def guest_bench(path, secs, timeout, batch=False):
+    """Run the Guest's blk-bench (with the worker's done records batched
+    per pass if batch); returns (figures dict, stats dict) or (None,
+    reason)."""
     launcher = os.path.join(ROOT, "launcher.py")
     guest = os.path.join(ROOT, "guest", "guest.elf")
     if not os.path.exists(os.path.join(ROOT, "host", "__init__.py")):
@@ -167,6 +170,9 @@ def guest_bench(path, secs, timeout):
     with tempfile.NamedTemporaryFile(prefix="lgstats-", delete=False) as f:
         stats_path = f.name
     env = dict(os.environ, PYLGUEST_STATS=stats_path)
+    env.pop("PYLGUEST_BLK_BATCH", None)
+    if batch:
+        env["PYLGUEST_BLK_BATCH"] = "1"
     try:
         proc = subprocess.run(
             [sys.executable, launcher, "--block=%s" % path, "64", guest,
@@ -221,19 +227,22 @@ def main():
 
         if args.no_guest:
             return 0
-        figures, stats = guest_bench(img, args.secs, args.timeout)
-        if figures is None:
-            print("guest: not run: %s" % stats)
-            return 0
-        req = max(stats.get("blk_requests", 0), 1)
-        print("guest: seq64k_mbs=%s rand4k_qd1_iops=%s rand4k_qd32_iops=%s "
-              "requests=%d breaks_per_req=%.3f irqs_per_req=%.3f "
-              "done_bytes_per_req=%.1f kicks_per_req=%.3f"
-              % (figures.get("seq64k_mbs"), figures.get("rand4k_qd1_iops"),
-                 figures.get("rand4k_qd32_iops"), stats.get("blk_requests", 0),
-                 stats.get("breaks", 0) / req, stats.get("blk_irqs", 0) / req,
-                 stats.get("blk_done_bytes", 0) / req,
-                 stats.get("blk_kicks", 0) / req))
+        for label, batch in (("guest", False), ("guest-batched", True)):
+            figures, stats = guest_bench(img, args.secs, args.timeout, batch)
+            if figures is None:
+                print("%s: not run: %s" % (label, stats), flush=True)
+                continue
+            req = max(stats.get("blk_requests", 0), 1)
+            print("%s: seq64k_mbs=%s rand4k_qd1_iops=%s rand4k_qd32_iops=%s "
+                  "requests=%d breaks_per_req=%.3f irqs_per_req=%.3f "
+                  "done_writes_per_req=%.3f done_bytes_per_req=%.1f "
+                  "kicks_per_req=%.3f"
+                  % (label, figures.get("seq64k_mbs"), figures.get("rand4k_qd1_iops"),
+                     figures.get("rand4k_qd32_iops"), stats.get("blk_requests", 0),
+                     stats.get("breaks", 0) / req, stats.get("blk_irqs", 0) / req,
+                     stats.get("blk_done_writes", 0) / req,
+                     stats.get("blk_done_bytes", 0) / req,
+                     stats.get("blk_kicks", 0) / req), flush=True)
     return 0
 
 

@@ -58,11 +58,12 @@ class VblkInfo:
     never make it longer); workpipe: our (write) end of the pipe to the
     worker; pid: the worker's; serial: what GET_ID answers (bytes)."""
 
-    def __init__(self, fd, length, serial, verbose):
+    def __init__(self, fd, length, serial, verbose, batch=False):
         self.fd = fd
         self.len = length
         self.serial = serial
         self.verbose = verbose
+        self.batch = batch        # one done write per pass (serve_ring)
         self.workpipe = None
         self.pid = None
         self.partial = b""        # an incomplete DONE record read so far
@@ -119,7 +120,7 @@ def _filled(addrs, nbytes):
     return out
 
 
-def service_io(vq, vblk, done_fd):
+def service_io(vq, vblk, done_fd, pending=None):
     """Serve one request from the block virtqueue, if there is one; mirrors
     service_io() in lguest.c (with the 3.16 Launcher's FLUSH and the
     GET_ID serial added).  Returns False when the ring is empty.
@@ -129,7 +130,10 @@ def service_io(vq, vblk, done_fd):
     shapes are the Guest's fault and fatal ("Bad virtblk cmd ...", "Bad
     iovec size ..."); a write past the end of the disk is fatal ("Write
     past end %u+%u") and never touches the file; a failing disk is not:
-    the Guest gets VIRTIO_BLK_S_IOERR."""
+    the Guest gets VIRTIO_BLK_S_IOERR.
+
+    The done records go down done_fd at once, or onto the list pending
+    if one is given (see serve_ring)."""
     got = vq.get_vq_desc()
     if got is None:
         return False
@@ -216,11 +220,38 @@ def service_io(vq, vblk, done_fd):
     vq.add_used(head, wlen)
     records = b"".join(DONE.pack(gpa, ln) for gpa, ln in filled)
     records += DONE.pack(0, 0)
-    _write_all(done_fd, records)
     STATS.bump("blk_requests")
+    if pending is not None:
+        pending.append(records)
+    else:
+        _send_done(done_fd, records)
+    return True
+
+
+def _send_done(done_fd, records):
+    # Count first: whoever reads the records may read the counters next.
     STATS.bump("blk_done_writes")
     STATS.bump("blk_done_bytes", len(records))
-    return True
+    _write_all(done_fd, records)
+
+
+def serve_ring(vq, vblk, done_fd):
+    """Serve every request in the ring.  Like the C, each completion is
+    reported as soon as it is done (the Guest's first request doesn't wait
+    for its neighbours); with vblk.batch, one write reports the whole
+    pass instead (fewer Waker wake-ups, later first completion): an
+    experiment for bench/block.py, off by default."""
+    if not vblk.batch:
+        while service_io(vq, vblk, done_fd):
+            pass
+        return
+    pending = []
+    try:
+        while service_io(vq, vblk, done_fd, pending):
+            pass
+    finally:
+        if pending:
+            _send_done(done_fd, b"".join(pending))
 
 
 def io_worker(vq, vblk, workpipe, done_fd):
@@ -242,8 +273,7 @@ def io_worker(vq, vblk, workpipe, done_fd):
             for c in cmds:
                 if c == WORK_RESET:
                     if kicked:
-                        while service_io(vq, vblk, done_fd):
-                            pass
+                        serve_ring(vq, vblk, done_fd)
                         kicked = False
                     vq.reset()
                     _write_all(done_fd, DONE.pack(RESET_ACK, 0))
@@ -252,8 +282,7 @@ def io_worker(vq, vblk, workpipe, done_fd):
                     kicked = True
             # Many kicks in one read are one pass over the ring.
             if kicked:
-                while service_io(vq, vblk, done_fd):
-                    pass
+                serve_ring(vq, vblk, done_fd)
     except LauncherError as e:
         try:
             _write_all(done_fd, DONE.pack(DYING, e.status))
@@ -404,7 +433,9 @@ def setup_block_file(devices, filename, verbose=False):
     length = os.lseek(fd, 0, os.SEEK_END)
     nth = sum(1 for d in devices.devs if d.type == VIRTIO_ID_BLOCK)
     serial = ("pylguest-vd%s" % chr(ord("a") + nth % 26)).encode()
-    vblk = VblkInfo(fd, length, serial, verbose)
+    # PYLGUEST_BLK_BATCH=1: the batching experiment of bench/block.py.
+    vblk = VblkInfo(fd, length, serial, verbose,
+                    batch=os.environ.get("PYLGUEST_BLK_BATCH") == "1")
 
     try:
         done_r, done_w = os.pipe()

@@ -85,10 +85,16 @@ def handle_console_input(lg, dev):
     if out_num:
         errx("Output buffers in console in queue?")
 
+    # A buffer with no room in it: readv() would return 0, which looks
+    # just like end of file.  Give it back as it came and try the next.
+    if not any(len(b) for b in iov):
+        vq.add_used_and_trigger(lg, head, 0)
+        return True
+
     # readv() into the memoryviews: the bytes land in the Guest's buffer
     # with no copy on our side, as the C's readv() of its iovec did.
     try:
-        length = os.readv(dev.fd, iov) if iov else 0
+        length = os.readv(dev.fd, iov)
     except BlockingIOError:
         # A spurious wake-up: nothing to read after all.  Put the buffer
         # back where we found it and keep watching.

@@ -38,11 +38,9 @@ def die_in_child(e):
     """How a forked child (the Waker, the block I/O worker) dies: the same
     "lguest: <msg>" line the Launcher prints, then _exit so no Python
     cleanup inherited from the parent (atexit handlers, buffered stdio,
-    the terminal restore) runs twice."""
-    try:
-        sys.stdout.flush()
-    except Exception:
-        pass
+    the terminal restore) runs twice; nor is the inherited stdio buffer
+    flushed: fork_child() emptied it before the fork, and children write
+    with os.write only."""
     try:
         os.write(2, ("lguest: %s\n" % e).encode(errors="replace"))
     except OSError:

@@ -51,6 +51,10 @@ class Virtqueue:
         self.avail_addr = base + avail
         self.used_addr = base + used
         self._view = mem.view
+        # used->idx must move in ONE 16-bit store: struct.pack_into zero-fills its
+        # target before writing, and a Guest reading concurrently (the block worker
+        # is another process) would see the index drop to 0 for an instant.
+        self._u16 = mem.view.cast("H")
         # Without a handler there is no point in the Guest kicking us: as
         # add_virtqueue() in lguest.c, say so in the used ring's flags.
         if handle_output is None:
@@ -137,8 +141,7 @@ class Virtqueue:
             self._view,
             self.used_addr + USED_OFF_RING + VRING_USED_ELEM.size * (idx % self.num),
             head, length & 0xFFFFFFFF)
-        U16.pack_into(self._view, self.used_addr + USED_OFF_IDX,
-                      (idx + 1) & 0xFFFF)
+        self._u16[(self.used_addr + USED_OFF_IDX) // 2] = (idx + 1) & 0xFFFF
 
     def trigger_irq(self, lg):
         """Interrupt the Guest for this queue, unless it set

@@ -96,7 +96,8 @@ void virtio_console_write(const char *s, size_t len)
 			while (!vq_get_buf(tx, &l)) {
 				if (++spins == 50000000u) {
 					console_up = 0;
-					early_puts("virtio console stuck: back to the early console\n", 49);
+					static const char m[] = "virtio console stuck: back to the early console\n";
+					early_puts(m, sizeof(m) - 1);
 					early_puts(s, len);
 					irq_restore(flags);
 					return;

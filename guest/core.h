@@ -39,6 +39,7 @@ typedef int (*trap_fn)(struct pt_regs *regs);
 trap_fn set_trap_handler(unsigned int vector, trap_fn fn);	/* returns the old one */
 extern volatile u32 irq_count[32];	/* IRQs delivered, per line */
 extern u32 irq_nested;			/* ...of which arrived while disabled */
+extern u32 irq_from_user;		/* ...of which interrupted ring 3 */
 /* entry.S: spin inside the noirq window; irq_count[0] at entry and exit. */
 u32 noirq_spin(u32 cycles, u32 *entry_count);
 
@@ -75,6 +76,7 @@ void user_return(int value) __attribute__((noreturn));
 extern char user_hello_start[], user_hello_end[];
 extern char user_hcall_start[], user_hcall_end[];
 extern char user_kread_start[], user_kread_end[];
+extern char user_spin_start[], user_spin_end[];
 void set_kernel_stack(void *base, unsigned int pages);	/* SET_STACK */
 extern u8 trap_stack[8192];
 

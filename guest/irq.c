@@ -108,22 +108,22 @@ trap_fn set_trap_handler(unsigned int vector, trap_fn fn)
 }
 
 /*
- * The IDT, as Linux's trap_init() and init_IRQ() build it: the exceptions
- * as trap gates except #PF (an interrupt gate, so nothing can fault and
- * overwrite lguest_data.cr2 before we read it) and #DB/NMI; the 32 IRQ
- * vectors as interrupt gates; the system call vector 0x80 as a trap gate
- * that ring 3 may use (DPL 3).  The Host ignores vectors 2, 8, 15 and 0x1F
- * (it handles those itself), but we still tell it, as Linux does.
+ * The IDT, as Linux 3.16's trap_init() and init_IRQ() build it: every
+ * exception through an interrupt gate (a handler starts with interrupts off;
+ * for #PF that also means nothing can overwrite lguest_data.cr2 before we read
+ * it), int3 and into (3, 4) usable from ring 3 (DPL 3); the 32 IRQ vectors
+ * as interrupt gates; the system call vector 0x80 as a trap gate ring 3 may
+ * use (set_system_trap_gate).  The Host ignores vectors 2, 8, 15 and 0x1F (it
+ * handles those itself), but we still tell it, as Linux does.
  */
 void idt_init(void)
 {
 	unsigned int v;
 
 	for (v = 0; v < 32; v++) {
-		int intr = (v == 1 || v == 2 || v == 14);
 		if (v == LGUEST_TRAP_ENTRY)
 			continue;
-		set_idt_gate(v, entry_stub(v), !intr, (v == 3 || v == 4) ? 3 : 0);
+		set_idt_gate(v, entry_stub(v), 0, (v == 3 || v == 4) ? 3 : 0);
 	}
 	for (v = 0; v < 32; v++)
 		set_idt_gate(FIRST_EXTERNAL_VECTOR + v,
@@ -138,6 +138,7 @@ static struct {
 } irq_handlers[32];
 volatile u32 irq_count[32];
 u32 irq_nested;		/* interrupts that arrived while they were off */
+u32 irq_from_user;	/* interrupts that arrived while ring 3 ran */
 
 void request_irq(unsigned int irq, void (*handler)(unsigned int irq, void *arg), void *arg)
 {
@@ -189,6 +190,8 @@ void trap_dispatch(struct pt_regs *regs)
 			       irq, regs->eip);
 		depth++;
 		irq_count[irq]++;
+		if (user_mode(regs))
+			irq_from_user++;
 		if (irq_handlers[irq].fn)
 			irq_handlers[irq].fn(irq, irq_handlers[irq].arg);
 		else

@@ -215,9 +215,9 @@ static int test_hcall(char *why, size_t whylen)
 	/* LOAD_IDT_ENTRY: point #UD's gate at the bounds stub; ud2 must then
 	 * arrive as vector 5. */
 	old = expect_trap(5, 2);
-	set_idt_gate(6, entry_stub(5), 1, 0);
+	set_idt_gate(6, entry_stub(5), 0, 0);
 	do_ud2();
-	set_idt_gate(6, entry_stub(6), 1, 0);
+	set_idt_gate(6, entry_stub(6), 0, 0);
 	set_trap_handler(5, old);
 	if (expect.count != 1)
 		FAIL("LOAD_IDT_ENTRY: redirected #UD arrived %u times", expect.count);
@@ -313,7 +313,10 @@ static int test_hcall(char *why, size_t whylen)
 	}
 
 	/* NOTIFY of a string: the early console, checked from outside. */
-	early_puts("hcall: NOTIFY early console works\n", 34);
+	{
+		static const char note[] = "hcall: NOTIFY early console works\n";
+		early_puts(note, sizeof(note) - 1);
+	}
 	return 1;
 }
 
@@ -487,6 +490,7 @@ static int test_irq(char *why, size_t whylen)
 	do_div0();
 	start = lguest_data.irq_enabled;
 	irq_enable();
+	set_idt_gate(0, entry_stub(0), 0, 0);	/* back to idt_init()'s gate */
 	set_trap_handler(0, old);
 	if ((expect.frame_eflags & X86_EFLAGS_IF) || start != 0)
 		FAIL("disabled: frame IF %#x, irq_enabled after iret %#x",
@@ -585,6 +589,20 @@ static int test_user(char *why, size_t whylen)
 	 * heap page, each faulted in exactly once. */
 	if (res.faults != 5)
 		FAIL("%u page faults for 4 stack pages and 1 heap page", res.faults);
+
+	/* An interrupt while ring 3 runs: the Host switches to the SET_STACK
+	 * stack, we handle it, and lguest_iret goes back to ring 3. */
+	{
+		u32 ticks = irq_count[0], from_user = irq_from_user;
+		set_clockevent(2000000);
+		if (run_user(user_spin_start, user_spin_end - user_spin_start, 0, &res))
+			FAIL("out of memory");
+		if (!res.exited || res.code != 7)
+			FAIL("spinning process: %s %d", res.exited ? "exit" : "trap", res.code);
+		if (irq_count[0] == ticks || irq_from_user == from_user)
+			FAIL("no timer interrupt reached us while ring 3 spun (%u, %u from ring 3)",
+			     irq_count[0] - ticks, irq_from_user - from_user);
+	}
 
 	/* Kernel memory is out of bounds for ring 3: the read faults (error
 	 * 5: present, user) and the process dies. */

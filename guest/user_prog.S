@@ -87,6 +87,22 @@ user_hcall_start:
 	int	$0x80
 user_hcall_end:
 
+/* user_spin: spin in ring 3 for 2^27 TSC ticks (rdtsc is allowed there:
+ * CR4.TSD is clear), long enough for a timer interrupt to arrive while we
+ * are in user mode, then exit(7). */
+	.globl user_spin_start, user_spin_end
+user_spin_start:
+	rdtsc
+	movl	%eax, %esi
+1:	rdtsc
+	subl	%esi, %eax
+	cmpl	$0x08000000, %eax
+	jb	1b
+	movl	$7, %ebx
+	movl	$SYS_exit, %eax
+	int	$0x80
+user_spin_end:
+
 /* user_kread: read kernel memory, which a user page table must not allow. */
 	.globl user_kread_start, user_kread_end
 user_kread_start:

@@ -121,12 +121,37 @@ void virtio_get_config(struct vdev *vd, unsigned int off, void *buf, unsigned in
 	memcpy(buf, lg_config(vd->desc) + off, len);
 }
 
+/*
+ * The used ring's index, as the device last wrote it.  A device can be at
+ * most num entries ahead of us; anything else is a value caught mid-write (a
+ * device that writes the two bytes separately, or zeroes before writing, as
+ * Python's struct.pack_into does) or a broken device.  We look again a few
+ * times before calling it broken.  Linux's virtio_ring trusts the index; a
+ * torn read there would be the device's bug too, but we'd rather say so
+ * than hand a driver a stale buffer.  The writer may be another process
+ * the host has just descheduled, so we give it up to about a second.
+ */
+static u16 used_index(struct vq *vq)
+{
+	volatile u16 *p = &vq->used->idx;
+	u16 idx = *p;
+
+	for (int tries = 0; (u16)(idx - vq->last_used_idx) > vq->num; tries++) {
+		if (tries == 20000000)
+			panic("virtio: vring at %#x: used->idx moved from %u to %u",
+			      vq->pfn << 12, vq->last_used_idx, idx);
+		cpu_relax();
+		idx = *p;
+	}
+	return idx;
+}
+
 /* vring_interrupt: the Host used some buffers; tell the driver. */
 static void vq_interrupt(unsigned int irq, void *arg)
 {
 	struct vq *vq = arg;
 
-	if (vq->callback && vq->last_used_idx != *(volatile u16 *)&vq->used->idx)
+	if (vq->callback && vq->last_used_idx != used_index(vq))
 		vq->callback(vq);
 }
 
@@ -221,8 +246,9 @@ void *vq_get_buf(struct vq *vq, u32 *len)
 	unsigned int i, head;
 	void *token;
 	u32 flags = irq_save();
+	u16 used_idx = used_index(vq);
 
-	if (vq->last_used_idx == *(volatile u16 *)&vq->used->idx) {
+	if (vq->last_used_idx == used_idx) {
 		irq_restore(flags);
 		return NULL;
 	}

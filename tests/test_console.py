@@ -180,6 +180,17 @@ def test_guest_death_restores_the_terminal(pty_launcher):
     assert termios.tcgetattr(run.slave) == run.modes_before
 
 
+def test_error_before_the_guest_runs_restores_the_terminal(pty_launcher,
+                                                         tmp_path):
+    # The console (raw mode) is set up before the kernel is loaded, as in C.
+    run = pty_launcher(64, tmp_path / "no-kernel")
+    status, err = run.finish()
+    assert status == 1
+    assert err == "lguest: Failed to open %s: No such file or directory\n" \
+        % (tmp_path / "no-kernel")
+    assert termios.tcgetattr(run.slave) == run.modes_before
+
+
 def test_stdin_dev_null(run_launcher):
     """End of input: warn once, stop watching stdin, and the Guest carries
     on (it just never gets console input)."""

@@ -5,6 +5,7 @@ Every bad invocation must end the way the C Launcher's err()/errx() did:
 None of these get as far as running a Guest.
 """
 import os
+import re
 import struct
 import subprocess
 
@@ -135,3 +136,65 @@ def test_command_line_too_long(tmp_path):
     (tmp_path / "k").write_bytes(elf32([(1, 0x1000000, b"k" * 4096, 4096)],
                                        0x1000000))
     one_line_death(run(64, tmp_path / "k", "x" * 3000), "command line too long")
+
+
+def test_verbose_says_what_the_c_launcher_said(tmp_path, guest_elf):
+    img = tmp_path / "disk"
+    img.write_bytes(bytes(1 << 20))
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(b"i" * 5000)
+    proc = run("--verbose", "--block=%s" % img, "--initrd=%s" % initrd,
+               64, guest_elf, "lgtest=hcall", timeout=60)
+    assert_no_traceback(proc)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    m = re.search(r"^Guest base is at (0x[0-9a-f]+)$", out, re.M)
+    assert m, out
+    base = int(m.group(1), 16)
+    # The same words, in the C's order: devices as they were set up (the
+    # console last), the kernel's sections, the initrd, the Guest's range.
+    order = ["device 0: virtblock 2048 sectors", "Guest base is at",
+             "device 1: console", "Section 0: size ", "mapped initrd",
+             "Guest: ", "Notify on address 0x"]
+    where = [out.index(s) for s in order]
+    assert where == sorted(where), out
+    assert re.search(r"^Section \d+: size \d+ addr 0x1000000$", out, re.M)
+    # initrd: page-aligned size at the top of RAM, as a Launcher address.
+    assert "mapped initrd %s size=8192 @ %#x\n" % (initrd, base + (64 << 20) - 8192) in out
+    # guest_limit: 64 MB of RAM, the device page and three vrings' pages.
+    m = re.search(r"^Guest: (0x[0-9a-f]+) - (0x[0-9a-f]+) \((0x[0-9a-f]+)\)$",
+                  out, re.M)
+    assert int(m.group(1), 16) == base
+    assert int(m.group(2), 16) - base == int(m.group(3), 16)
+    assert int(m.group(3), 16) == (64 << 20) + 4096 * (1 + 2 + 2 + 2)
+    assert "Output to console" in out
+    assert "lgtest hcall: PASS" in out
+
+
+def test_guest_death_reason_and_status(guest_elf):
+    proc = run(64, guest_elf, "lgbad=hcall")
+    assert_no_traceback(proc)
+    assert proc.returncode == 1
+    # stdin is /dev/null, so the console's end-of-input warning may come
+    # first; the death is the last line.
+    lines = proc.stderr.splitlines()
+    assert lines[-1] == "lguest: Bad hypercall 99"
+    assert set(lines[:-1]) <= {
+        "lguest: Failed to get console input, ignoring console."}
+
+
+@pytest.mark.parametrize("verbose", [[], ["--verbose"]])
+def test_stdout_closed_early(guest_elf, verbose):
+    """Like `launcher.py ... | head -1`: a clean one-line death."""
+    proc = subprocess.Popen([PYTHON, str(LAUNCHER), *verbose, "64",
+                             str(guest_elf), "lgtest=timer"], cwd=ROOT,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()
+    proc.stdout.close()
+    status = proc.wait(timeout=30)
+    err = proc.stderr.read()
+    assert "Traceback" not in err
+    assert status == 1
+    assert err.splitlines()[-1] in ("lguest: Writing console output: Broken pipe",
+                                    "lguest: Writing to stdout: Broken pipe"), err
