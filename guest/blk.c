@@ -236,7 +236,10 @@ static void blk_sleep(void)
 {
 	u64 now = now_ns();
 
-	if (!watchdog_armed_at || now - watchdog_armed_at > BLK_REARM_NS) {
+	/* With the periodic tick running (lghz=), IRQ 0 is its own and wakes
+	 * us often enough: no watchdog needed. */
+	if (!ticking() &&
+	    (!watchdog_armed_at || now - watchdog_armed_at > BLK_REARM_NS)) {
 		hcall(LHCALL_SET_CLOCKEVENT, BLK_WATCHDOG_NS, 0, 0, 0);
 		watchdog_armed_at = now ? now : 1;
 	}
@@ -778,7 +781,8 @@ int test_blk_stress(char *why, size_t whylen)
 {
 	struct stress st;
 	u64 a, b, deadline, t0;
-	u32 secs = 2, irqs0, done0, queued0, flags;
+	u32 secs = 2, irqs0, done0, queued0, flags, ticks0;
+	u64 chatter_ns = 0, next_chatter;
 	char val[16];
 	unsigned int pages;
 
@@ -813,9 +817,22 @@ int test_blk_stress(char *why, size_t whylen)
 	t0 = now_ns();
 	deadline = t0 + (u64)secs * 1000000000ull;
 
+	if (cmdline_get("lgchatter", val, sizeof(val)))
+		chatter_ns = simple_strtoul(val, NULL, 0) * 1000000ull;
+	next_chatter = t0 + chatter_ns;
+	ticks0 = ticks;
+
 	flags = irq_save();
 	while (now_ns() < deadline && st.errors == 0) {
 		int n = 0;
+		/* lgchatter=MS: a progress line every MS milliseconds, so console
+		 * output flows while the disk is busy (the stress run of issue 8). */
+		if (chatter_ns && now_ns() >= next_chatter) {
+			printk("blk-stress: t=%ums requests=%u inflight=%u ticks=%u\n",
+			       (u32)((now_ns() - t0) / 1000000), st.requests,
+			       st.inflight, ticks - ticks0);
+			next_chatter += chatter_ns;
+		}
 		/* Fill the ring (or the slots), one kick for the lot. */
 		while (stress_queue_one(&st))
 			n++;
@@ -838,8 +855,8 @@ int test_blk_stress(char *why, size_t whylen)
 	irq_restore(flags);
 
 	printk("blk-stress: requests=%u errors=%u irqs=%u verified=%u "
-	       "inflight_max=%u\n", st.requests, st.errors, blk.irqs - irqs0,
-	       st.verified, st.inflight_max);
+	       "inflight_max=%u ticks=%u\n", st.requests, st.errors,
+	       blk.irqs - irqs0, st.verified, st.inflight_max, ticks - ticks0);
 	if (st.inflight) {
 		snprintf(why, whylen, "%u of %u requests never completed "
 			 "(lost interrupt?)", st.inflight, st.requests);

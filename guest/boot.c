@@ -159,9 +159,35 @@ void set_clockevent(u64 delta_ns)
 
 volatile u32 timer_fired;
 
+/*
+ * A periodic tick on top of the one-shot clock event, the way Linux runs a
+ * HZ tick on lguest_clockevent: each expiry arms the next.  Only the stress
+ * run uses it (lghz=N on the command line), to keep IRQ 0 coming at N Hz
+ * while the block device and the console are busy.  While it ticks, IRQ 0
+ * belongs to it: blk.c stops arming its watchdog, and msleep() counts ticks.
+ */
+static u32 tick_ns;
+volatile u32 ticks;
+
+void tick_start(unsigned int hz)
+{
+	tick_ns = hz ? 1000000000u / hz : 0;
+	if (tick_ns)
+		set_clockevent(tick_ns);
+}
+
+int ticking(void)
+{
+	return tick_ns != 0;
+}
+
 static void timer_irq(unsigned int irq, void *arg)
 {
 	timer_fired++;
+	if (tick_ns) {
+		ticks++;
+		set_clockevent(tick_ns);
+	}
 }
 
 /* lguest_time_init: hook IRQ 0, then stop blocking it. */
@@ -176,9 +202,15 @@ void msleep(unsigned int ms)
 	u32 flags = irq_save();
 	u32 start = timer_fired;
 
-	set_clockevent((u64)ms * 1000000ull);
-	while (timer_fired == start)
-		wait_for_interrupt();
+	if (tick_ns) {
+		u64 until = now_ns() + (u64)ms * 1000000ull;
+		while (now_ns() < until)
+			wait_for_interrupt();
+	} else {
+		set_clockevent((u64)ms * 1000000ull);
+		while (timer_fired == start)
+			wait_for_interrupt();
+	}
 	irq_restore(flags);
 }
 

@@ -62,6 +62,10 @@ void wait_for_interrupt(void);
 /* Time (lguest_data.time and the clock event). */
 u64 now_ns(void);			/* monotonic enough: from lguest_data.time */
 void msleep(unsigned int ms);		/* SET_CLOCKEVENT + HALT */
+/* The periodic tick (lghz=N): IRQ 0 every 1/hz s, counted in ticks. */
+void tick_start(unsigned int hz);	/* 0 stops it */
+int ticking(void);
+extern volatile u32 ticks;
 
 /* Power off: SHUTDOWN "Power down". */
 void power_off(void) __attribute__((noreturn));

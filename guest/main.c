@@ -124,6 +124,9 @@ void start_kernel(void)
 	if (virtio_console_init() == 0)
 		printk("virtio console: up\n");
 
+	if (cmdline_get("lghz", arg, sizeof(arg)))
+		tick_start(simple_strtoul(arg, NULL, 0));
+
 	if (cmdline_get("lgbad", arg, sizeof(arg))) {
 		run_bad(arg);
 	} else if (cmdline_get("lgtest", arg, sizeof(arg))) {
