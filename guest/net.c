@@ -20,6 +20,7 @@
 #include "kernel.h"
 #include "virtio.h"
 #include "tests.h"
+#include "lguest.h"
 
 #define VIRTIO_NET_F_MAC 5
 #define VIRTIO_NET_HDR_LEN 10		/* struct virtio_net_hdr */
@@ -410,8 +411,19 @@ int test_net(char *why, size_t whylen)
 		if (got)
 			vq_kick(net.rx);
 		irq_restore(flags);
-		if (!got)
-			msleep(10);	/* an rx interrupt cuts it short */
+		if (!got) {
+			/* Sleep until the next interrupt: a frame (the receive
+			 * queue's IRQ) or, at the latest, a clock event 10 ms
+			 * on, so the deadline is noticed. */
+			flags = irq_save();
+			if (net.rx->last_used_idx ==
+			    *(volatile u16 *)&net.rx->used->idx) {
+				if (!ticking())
+					hcall(LHCALL_SET_CLOCKEVENT, 10000000, 0, 0, 0);
+				wait_for_interrupt();
+			}
+			irq_restore(flags);
+		}
 	}
 
 	printk("net: mac=%02x:%02x:%02x:%02x:%02x:%02x ip=%u.%u.%u.%u arp=%u "
