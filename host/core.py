@@ -327,6 +327,23 @@ class Guest:
         if insn == 0xFA:                       # cli
             ui.q[16] = eip + 1
             return True
+        if insn == 0x0F and not it.idt_present(*self.idt[13]):
+            # rdmsr/wrmsr before the Guest has any #GP handler.  Our departure from
+            # the real Host, which killed "unhandled trap 13" here: unicorn's CPU
+            # says GenuineIntel family 6, and a Linux built with the early microcode
+            # loader (CONFIG_MICROCODE_EARLY) probes MSRs in startup_32, before
+            # lguest_entry.  Reading zeroes (and dropping writes) lets that loader
+            # find nothing to do, as on a CPU without an update.  Once the Guest has
+            # a #GP gate it gets the #GP, as it did on the real Host (rdmsr_safe).
+            op2 = self._rd8(physaddr + 1)
+            if op2 == 0x32:                    # rdmsr: edx:eax = 0
+                ui.q[EAX] = 0
+                ui.q[EDX] = 0
+                ui.q[16] = eip + 2
+                return True
+            if op2 == 0x30:                    # wrmsr: ignored
+                ui.q[16] = eip + 2
+                return True
         insnlen = 0
         small = False
         if insn == 0x66:                       # operand-size prefix: 16-bit in/out

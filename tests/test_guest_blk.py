@@ -108,7 +108,7 @@ def test_blk_stress_keeps_ring_full_and_loses_nothing(run_launcher, tmp_path):
     out = proc.stdout + proc.stderr
     assert lgtest_lines(proc.stdout).get("blk-stress") == "PASS", out
     m = re.search(r"^blk-stress: requests=(\d+) errors=(\d+) irqs=(\d+)"
-                  r" verified=(\d+) inflight_max=(\d+)$", proc.stdout, re.M)
+                  r" verified=(\d+) inflight_max=(\d+) ticks=\d+$", proc.stdout, re.M)
     assert m, out
     requests, errors, irqs, verified, inflight = map(int, m.groups())
     assert errors == 0

@@ -119,3 +119,15 @@ def test_writing_the_gdt_without_a_handler(guest):
 def test_sse_and_fxsave(guest):
     notes, died = guest(8).run()
     assert notes == [0x40000000, 0x40000000, 1] and died.poweroff
+
+
+def test_msr_probe_before_any_idt_reads_zero(guest):
+    """Linux's early microcode loader probes MSRs in startup_32, before it has an
+    IDT; the Host answers zeroes then (a departure from the real Host, which killed
+    the Guest), and reflects a #GP once the Guest has a handler."""
+    g = guest(9)
+    notes, died = g.run()
+    assert died.poweroff
+    assert notes == [1, 2]
+    (e,) = g.log()
+    assert (e["vec"], e["err"], e["eip"]) == (13, 0, g.sym("msr_at"))

@@ -3,7 +3,7 @@
 	.data
 scen_table:
 	.long s_ring1, s_pf, s_user, s_nm, s_unhandled_ud, s_unhandled_pf, s_gdt_write
-	.long s_io, s_sse
+	.long s_io, s_sse, s_msr
 done:	.long 0
 	.text
 
@@ -12,6 +12,25 @@ start_traps:
 	call setup_idt
 	call irq_on
 	ret
+
+s_msr:                                /* 9: rdmsr/wrmsr before and after a #GP gate */
+	call init
+	movl $0x12345678, %eax
+	movl $0x9abcdef0, %edx
+	movl $0x17, %ecx
+	rdmsr                             /* no IDT yet: the Host answers zeroes */
+	orl %edx, %eax
+	incl %eax
+	NOTIFY %eax                       /* 1 (a NOTIFY of 0 is no NOTIFY) */
+	wrmsr                             /* dropped */
+	call setup_idt
+	call irq_on
+	movl $2, skip_len
+msr_at:	rdmsr                             /* now the Guest's own #GP(0) */
+	movl LOGCOUNT, %eax
+	incl %eax
+	NOTIFY %eax                       /* 2 */
+	jmp poweroff
 
 s_ring1:                              /* 0: #UD, #DE, int3, int $0x30, hlt from ring 1 */
 	call start_traps
