@@ -128,7 +128,12 @@ def worker_bench(path, secs):
                 devices.handle_output(lg, vq.pfn << 12)
             if not inflight:
                 break
-            select.select([dev.fd], [], [])
+            if not select.select([dev.fd], [], [], 10)[0]:
+                raise RuntimeError(
+                    "worker bench stalled: inflight=%d last_used=%d used=%d "
+                    "avail=%d worker_last_avail? stats=%s"
+                    % (inflight, ring.last_used, ring.used_idx(),
+                       ring.avail_idx(), STATS.read()))
             handle_io_finish(lg, dev)
             got = len(ring.get_used())
             inflight -= got

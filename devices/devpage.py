@@ -27,7 +27,7 @@ import select
 import struct
 import sys
 
-from .abi import (DESC_OFF_STATUS, DEVICE_DESC, PAGE_SIZE, U16,
+from .abi import (DESC_OFF_STATUS, DEVICE_DESC, PAGE_SIZE,
                   USED_OFF_FLAGS, VIRTIO_CONFIG_S_FAILED, VQCONFIG,
                   VRING_USED_F_NO_NOTIFY, desc_total_size, vring_size)
 from .errors import c_hex, errx
@@ -324,8 +324,8 @@ class DeviceList:
             vq.reset()
             if vq.handle_output is None:
                 # Still no handler: keep telling the Guest not to kick.
-                U16.pack_into(self.mem.view, vq.used_addr + USED_OFF_FLAGS,
-                              VRING_USED_F_NO_NOTIFY)
+                self.mem.view16[(vq.used_addr + USED_OFF_FLAGS) >> 1] = \
+                    VRING_USED_F_NO_NOTIFY
         dev.running = False
 
     # -- BREAK: input for the Guest ----------------------------------------

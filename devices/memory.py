@@ -15,11 +15,16 @@ reach (it grows with get_pages), guest_max how far it ever could.
 import ctypes
 import mmap
 import struct
+import sys
 
 from .abi import DEVICE_PAGES, PAGE_SIZE
 from .errors import c_hex, errx
 
 _U64 = struct.Struct("<Q")
+
+# view16/view32 are native-order; the vring is little-endian.
+if sys.byteorder != "little":
+    raise ImportError("pylguest needs a little-endian host")
 
 
 class GuestMemory:
@@ -28,6 +33,8 @@ class GuestMemory:
 
     Attributes: base (int, address of the mapping in this process), view
     (memoryview of the whole mapping, index == Guest-physical address),
+    view16 / view32 (the same as u16 / u32 arrays: index == address // 2
+    or // 4; whole aligned stores and loads, for shared ring fields),
     size (bytes mapped), guest_limit, guest_max (as the C globals)."""
 
     def __init__(self, mem_bytes):
@@ -41,6 +48,14 @@ class GuestMemory:
                                flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS,
                                prot=mmap.PROT_READ | mmap.PROT_WRITE)
         self.view = memoryview(self._mmap)
+        # The same bytes as arrays of u16 and u32, for the ring indices
+        # and used elements that another process reads while we write
+        # them.  An item store through a cast view is one aligned machine
+        # store, which the other side can never see half done;
+        # struct.pack_into is not (it clears the field, then writes it a
+        # byte at a time).  Index = address // 2 or // 4.
+        self.view16 = self.view.cast("H")
+        self.view32 = self.view.cast("I")
         self._anchor = ctypes.c_char.from_buffer(self._mmap)
         self.base = ctypes.addressof(self._anchor)
         # guest_limit lives in a shared cell of its own: the block worker is

@@ -6,16 +6,24 @@ sees the same shared Guest memory) uses it too, on its own copy of the
 Virtqueue object.
 
 A vring lives in Guest memory and the Guest changes it under our feet, so
-every ring field is read fresh from the memoryview with struct.unpack_from,
-and each field we decide on is read exactly once (a descriptor is unpacked
-whole, so its address and length can't change between check and use).
+every ring field is read fresh, and each field we decide on is read exactly
+once (a descriptor is unpacked whole, so its address and length can't change
+between check and use).
+
+The indices are the fields that really are shared while both sides run: the
+block worker fills the used ring while the Guest runs, and reads avail->idx
+while the Guest may be writing it.  Those go through GuestMemory's view16 /
+view32, whose item stores and loads are single aligned accesses.  Never
+struct.pack_into for them: it zeroes the field first and then writes it a
+byte at a time, so the other side can read an index of 0, or half of one
+(and unpack_from reads a byte at a time, so it can see half of the Guest's).
 """
 
 from .abi import (AVAIL_OFF_FLAGS, AVAIL_OFF_IDX, AVAIL_OFF_RING, PAGE_SHIFT,
-                  U16, USED_OFF_FLAGS, USED_OFF_IDX, USED_OFF_RING,
+                  USED_OFF_FLAGS, USED_OFF_IDX, USED_OFF_RING,
                   VRING_AVAIL_F_NO_INTERRUPT, VRING_DESC, VRING_DESC_F_NEXT,
-                  VRING_DESC_F_WRITE, VRING_DESC_SIZE, VRING_USED_ELEM,
-                  VRING_USED_F_NO_NOTIFY, vring_offsets)
+                  VRING_DESC_F_WRITE, VRING_DESC_SIZE, VRING_USED_F_NO_NOTIFY,
+                  vring_offsets)
 from .errors import err, errx
 
 try:
@@ -51,25 +59,31 @@ class Virtqueue:
         self.avail_addr = base + avail
         self.used_addr = base + used
         self._view = mem.view
-        # used->idx must move in ONE 16-bit store: struct.pack_into zero-fills its
-        # target before writing, and a Guest reading concurrently (the block worker
-        # is another process) would see the index drop to 0 for an instant.
-        self._u16 = mem.view.cast("H")
+        # used->idx must move in ONE 16-bit store, and avail->idx be read
+        # in one load (see the top of this file): u16 / u32 views, and the
+        # indices in them of the shared fields.
+        self._u16 = mem.view16
+        self._u32 = mem.view32
+        self._avail_flags = (self.avail_addr + AVAIL_OFF_FLAGS) >> 1
+        self._avail_idx = (self.avail_addr + AVAIL_OFF_IDX) >> 1
+        self._avail_ring = (self.avail_addr + AVAIL_OFF_RING) >> 1
+        self._used_flags = (self.used_addr + USED_OFF_FLAGS) >> 1
+        self._used_idx = (self.used_addr + USED_OFF_IDX) >> 1
+        self._used_ring = (self.used_addr + USED_OFF_RING) >> 2
         # Without a handler there is no point in the Guest kicking us: as
         # add_virtqueue() in lguest.c, say so in the used ring's flags.
         if handle_output is None:
-            U16.pack_into(self._view, self.used_addr + USED_OFF_FLAGS,
-                          VRING_USED_F_NO_NOTIFY)
+            self._u16[self._used_flags] = VRING_USED_F_NO_NOTIFY
 
     # -- reading the avail ring --------------------------------------------
     def avail_flags(self):
-        return U16.unpack_from(self._view, self.avail_addr + AVAIL_OFF_FLAGS)[0]
+        return self._u16[self._avail_flags]
 
     def avail_idx(self):
-        return U16.unpack_from(self._view, self.avail_addr + AVAIL_OFF_IDX)[0]
+        return self._u16[self._avail_idx]
 
     def used_idx(self):
-        return U16.unpack_from(self._view, self.used_addr + USED_OFF_IDX)[0]
+        return self._u16[self._used_idx]
 
     def get_vq_desc(self):
         """Take the next available buffer.  Returns None if the Guest has
@@ -86,7 +100,7 @@ class Virtqueue:
         view = self._view
         # One read of avail->idx: the C read it twice, and a Guest racing
         # us could make the two disagree.
-        avail_idx = U16.unpack_from(view, self.avail_addr + AVAIL_OFF_IDX)[0]
+        avail_idx = self._u16[self._avail_idx]
         last = self.last_avail_idx
 
         # More than num outstanding means the Guest is making numbers up.
@@ -95,8 +109,7 @@ class Virtqueue:
         if avail_idx == last:
             return None
 
-        head = U16.unpack_from(
-            view, self.avail_addr + AVAIL_OFF_RING + 2 * (last % num))[0]
+        head = self._u16[self._avail_ring + last % num]
         self.last_avail_idx = (last + 1) & 0xFFFF
         if head >= num:
             errx("Guest says index %u is available" % head)
@@ -136,12 +149,12 @@ class Virtqueue:
         mirrors add_used() in lguest.c.  The element is stored before the
         index moves, so the Guest never sees a half-written entry (x86
         keeps stores in order; Python gives us no barrier to write)."""
-        idx = U16.unpack_from(self._view, self.used_addr + USED_OFF_IDX)[0]
-        VRING_USED_ELEM.pack_into(
-            self._view,
-            self.used_addr + USED_OFF_RING + VRING_USED_ELEM.size * (idx % self.num),
-            head, length & 0xFFFFFFFF)
-        self._u16[(self.used_addr + USED_OFF_IDX) // 2] = (idx + 1) & 0xFFFF
+        u16 = self._u16
+        idx = u16[self._used_idx]
+        elem = self._used_ring + 2 * (idx % self.num)     # in u32s
+        self._u32[elem] = head
+        self._u32[elem + 1] = length & 0xFFFFFFFF
+        u16[self._used_idx] = (idx + 1) & 0xFFFF
 
     def trigger_irq(self, lg):
         """Interrupt the Guest for this queue, unless it set

@@ -208,8 +208,10 @@ def test_waker_holds_only_what_it_needs(wk):
             break
         time.sleep(0.01)
     assert want <= fds and len(fds) == len(want) + 3, fds
-    # The write ends of the watched pipes are the Launcher's, not its.
-    assert wk.pipes[0][1] not in fds or wk.pipes[0][1] in want
+    # The write ends of the watched pipes, the Launcher's end of the
+    # control pipe and of the BREAK channel are the Launcher's, not its.
+    for fd in (wk.pipes[0][1], wk.pipes[1][1], wk.ctrl, wk.lg.b.break_r, wk.lg.b.clear_w):
+        assert fd not in fds
 
 
 def test_reap_and_alive_and_stop():
