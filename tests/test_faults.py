@@ -119,3 +119,37 @@ def test_full_disk_is_ioerr_for_the_guest(run_launcher, tiny_fs):
     assert "status 1" in verdict[0], verdict
     assert proc.returncode == 0, proc.stderr
     assert os.path.getsize(image) == 8 << 20
+
+
+def random_bzimage(path, seed, size=8192):
+    """A bzImage header in front of random bytes: the Guest runs garbage."""
+    import random
+    import struct
+    setup_sects = 4
+    hdr = bytearray(512 * (setup_sects + 1))
+    hdr[0x1F1] = setup_sects
+    hdr[0x202:0x206] = b"HdrS"
+    struct.pack_into("<I", hdr, 0x214, 0x100000)          # code32_start
+    path.write_bytes(bytes(hdr) + random.Random(seed).randbytes(size))
+    return path
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_garbage_guest_dies_in_one_line(tmp_path, seed):
+    """Random code as the Guest: it dies with the Host's reason (or runs until we
+    stop it), and the Launcher never shows a traceback."""
+    kernel = random_bzimage(tmp_path / "garbage.bz", seed)
+    run = Running([16, kernel], stdin=subprocess.DEVNULL)
+    try:
+        try:
+            status = run.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:      # garbage that happens to spin
+            run.proc.terminate()
+            status = run.proc.wait(timeout=5)
+        err = run.proc.stderr.read()
+        assert status == 1, err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("lguest: "), err
+    finally:
+        run.proc.kill()
