@@ -334,8 +334,10 @@ static int blk_sync(struct blk_req *r, u32 type, u64 sector, const char *what,
 	return blk_check(r, what, why, whylen);
 }
 
-/* Read nsect sectors at sector into buf (direct-mapped memory). */
-int blk_read(u64 sector, void *buf, u32 nsect, char *why, size_t whylen)
+/* One synchronous data request of nsect sectors at sector, into or out of
+ * buf (direct-mapped memory). */
+static int blk_rw(u32 type, u64 sector, void *buf, u32 nsect, char *why,
+		  size_t whylen)
 {
 	struct blk_req *r;
 	int ok;
@@ -347,27 +349,22 @@ int blk_read(u64 sector, void *buf, u32 nsect, char *why, size_t whylen)
 	r = blk_get_req();
 	r->buf = buf;
 	r->nsect = nsect;
-	ok = blk_sync(r, VIRTIO_BLK_T_IN, sector, "read", why, whylen);
+	ok = blk_sync(r, type, sector, type == VIRTIO_BLK_T_IN ? "read" : "write",
+		      why, whylen);
 	blk_put_req(r);
 	return ok;
+}
+
+/* Read nsect sectors at sector into buf. */
+int blk_read(u64 sector, void *buf, u32 nsect, char *why, size_t whylen)
+{
+	return blk_rw(VIRTIO_BLK_T_IN, sector, buf, nsect, why, whylen);
 }
 
 /* Write nsect sectors from buf at sector. */
 int blk_write(u64 sector, void *buf, u32 nsect, char *why, size_t whylen)
 {
-	struct blk_req *r;
-	int ok;
-
-	if (blk_init() != 0) {
-		snprintf(why, whylen, "no virtio block device");
-		return 0;
-	}
-	r = blk_get_req();
-	r->buf = buf;
-	r->nsect = nsect;
-	ok = blk_sync(r, VIRTIO_BLK_T_OUT, sector, "write", why, whylen);
-	blk_put_req(r);
-	return ok;
+	return blk_rw(VIRTIO_BLK_T_OUT, sector, buf, nsect, why, whylen);
 }
 
 /* A FLUSH: no data, just the header and the status (virtblk's REQ_FLUSH). */
