@@ -15,7 +15,7 @@ Three measurements, all on one image file (random data, page cache warm):
            and with 32 requests per kick.
 3. guest:  our Guest's `lgtest=blk-bench` through launcher.py, the whole
            path (Guest driver, NOTIFY, worker, done pipe, Waker, BREAK,
-           interrupt).  It prints seq64k_mbs, rand4k_qd1_iops and
+           interrupt).  It prints seq64k_mbs, seq64k_qd32_mbs, rand4k_qd1_iops and
            rand4k_qd32_iops; we add the counters from waker/stats.py.
            Run twice: as the C does it (one done write per request), and
            "guest-batched" (PYLGUEST_BLK_BATCH=1: one per pass over the ring).
@@ -238,11 +238,12 @@ def main():
                 print("%s: not run: %s" % (label, stats), flush=True)
                 continue
             req = max(stats.get("blk_requests", 0), 1)
-            print("%s: seq64k_mbs=%s rand4k_qd1_iops=%s rand4k_qd32_iops=%s "
+            print("%s: seq64k_mbs=%s seq64k_qd32_mbs=%s rand4k_qd1_iops=%s rand4k_qd32_iops=%s "
                   "requests=%d breaks_per_req=%.3f irqs_per_req=%.3f "
                   "done_writes_per_req=%.3f done_bytes_per_req=%.1f "
                   "kicks_per_req=%.3f"
-                  % (label, figures.get("seq64k_mbs"), figures.get("rand4k_qd1_iops"),
+                  % (label, figures.get("seq64k_mbs"), figures.get("seq64k_qd32_mbs"),
+                     figures.get("rand4k_qd1_iops"),
                      figures.get("rand4k_qd32_iops"), stats.get("blk_requests", 0),
                      stats.get("breaks", 0) / req, stats.get("blk_irqs", 0) / req,
                      stats.get("blk_done_writes", 0) / req,

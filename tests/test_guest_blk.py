@@ -145,11 +145,12 @@ def test_blk_bench_prints_figures(run_launcher, tmp_path):
     image = make_image(tmp_path / "bench.img", 2 * 1024 * 1024, seed=3)
     proc = run_mode(run_launcher, image, "lgtest=blk-bench", "lgbench_secs=1")
     assert lgtest_lines(proc.stdout).get("blk-bench") == "PASS", proc.stdout + proc.stderr
-    m = re.search(r"^blk-bench: seq64k_mbs=(\d+)\.(\d) rand4k_qd1_iops=(\d+) "
-                  r"rand4k_qd32_iops=(\d+)$", proc.stdout, re.M)
+    m = re.search(r"^blk-bench: seq64k_mbs=(\d+)\.(\d) seq64k_qd32_mbs=(\d+)\.(\d) "
+                  r"rand4k_qd1_iops=(\d+) rand4k_qd32_iops=(\d+)$", proc.stdout, re.M)
     assert m, proc.stdout
     assert int(m.group(1)) * 10 + int(m.group(2)) > 0
-    assert int(m.group(3)) > 0 and int(m.group(4)) > 0
+    assert int(m.group(3)) * 10 + int(m.group(4)) > 0
+    assert int(m.group(5)) > 0 and int(m.group(6)) > 0
 
 
 def test_write_past_end_kills_launcher_and_keeps_the_file(run_launcher, tmp_path):
