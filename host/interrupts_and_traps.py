@@ -253,8 +253,18 @@ def guest_set_clockevent(cpu, delta):
 
     The real Host used an hrtimer on wall-clock time; we use the monotonic clock, which
     is what "delta from now" means, watched by the Host's helper thread.
+
+    A deadline that has already passed counts as fired even if the thread has not
+    noticed yet: the hrtimer would have raised IRQ 0 on its own the moment it expired,
+    so re-arming (or cancelling) afterwards never took that interrupt back.  Linux
+    re-arms with interrupts off all the time (nohz idle entry, hrtimer_start), so
+    without this the tick could silently go missing.
     """
-    cpu.channel.set_clockevent(delta)
+    ch = cpu.channel
+    dl = ch.deadline
+    if dl is not None and time.monotonic() >= dl:
+        set_interrupt(cpu, 0)
+    ch.set_clockevent(delta)
 
 
 def _s32(v):

@@ -235,3 +235,30 @@ def test_second_pending_irq_reaches_a_spinning_guest(guest):
     g.lg.write((LHREQ_BREAK, 0))
     t.join(2)
     assert vecs(g) == [0x21, 0x22]
+
+
+def test_rearming_after_expiry_keeps_the_tick(guest):
+    # Interrupts off, a 1 ns clock event expires before the next hypercall, which
+    # re-arms it for 1 s: the expired one must still arrive (3.16's hrtimer had already
+    # raised IRQ 0), as soon as the Guest enables interrupts, not a second later.
+    g = guest(11)
+    t = time.monotonic()
+    notes, died = run(g)
+    assert notes == [2] and died.poweroff
+    assert vecs(g) == [0x20]
+    assert time.monotonic() - t < 0.5
+
+
+def test_rearming_an_expired_deadline_raises_irq0_at_once(guest):
+    # The deterministic half of the above: the deadline is already past when the
+    # Guest re-arms (or cancels), and the helper thread has not looked yet.
+    from host import interrupts_and_traps as it
+    for delta in (1_000_000_000, 0):
+        cpu = guest(11).lg.guest
+        cpu.channel.deadline = time.monotonic() - 0.001
+        it.guest_set_clockevent(cpu, delta)
+        assert cpu.irqs_pending & 1
+    cpu = guest(11).lg.guest                 # not yet expired: nothing pending
+    cpu.channel.deadline = time.monotonic() + 10
+    it.guest_set_clockevent(cpu, 1_000_000_000)
+    assert not cpu.irqs_pending

@@ -3,7 +3,7 @@
 	.data
 scen_table:
 	.long s_basic, s_disabled, s_blocked, s_noirq, s_clock, s_cancel, s_halt_pending
-	.long s_spin, s_no_handler, s_user_irq, s_time
+	.long s_spin, s_no_handler, s_user_irq, s_time, s_rearm_expired
 saved:	.long 0
 done:	.long 0
 	.text
@@ -93,6 +93,18 @@ s_cancel:                             /* 5: arm 50 ms, cancel, HALT: only the te
 	movl LOGCOUNT, %eax
 	incl %eax
 	NOTIFY %eax
+	jmp poweroff
+
+s_rearm_expired:                      /* 11: interrupts off, an event expires, re-arm */
+	call start_irqs
+	call irq_off
+	HC LHCALL_SET_CLOCKEVENT, $1       /* 1 ns: expired by the next hypercall */
+	HC LHCALL_SET_CLOCKEVENT, $1000000000
+	call irq_on                       /* the expired one is pending: delivered now */
+	movl LOGCOUNT, %eax
+	incl %eax
+	NOTIFY %eax                       /* 2 */
+	HC LHCALL_SET_CLOCKEVENT, $0
 	jmp poweroff
 
 s_halt_pending:                       /* 6: interrupts off, IRQ pending, HALT wakes at once */
