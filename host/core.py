@@ -31,6 +31,7 @@ from .abi import (_PAGE_TABLE, GUEST_PL, IDT_ENTRIES, LD_CR2, LGUEST_IRQS, LGUES
                   PAGE_SIZE, SWITCHER_ADDR, X86_CR0_TS, X86_CR4_PSE)
 from .channel import Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
+from .tsc import TscRate
 from .ucinternals import (CS_SELECTOR_WORD, EAX, EBX, ECX, EDX, ESI, R_CS, R_DS, R_ES, R_FS,
                           R_GS)
 
@@ -74,6 +75,7 @@ class Guest:
         self._memobj = (ctypes.c_char * self.mem_limit).from_address(base)
         self.mem = memoryview(self._memobj).cast("B")
         self.uc, self.ui = make_engine(base, pfn_limit)
+        self.tsc = TscRate()          # starts measuring now; read at LGUEST_INIT
         self._uch = self.uc._uch
         self.host = HostPages(self.uc, pfn_limit)
         self.gdt = self.host.gdt

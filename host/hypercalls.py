@@ -108,8 +108,8 @@ def initialize(cpu):
         cpu.kill_guest("bad guest page (null)")
         return
     cpu.lguest_data = ld = a1
-    # We don't promise a constant TSC: 0 tells the Guest to calibrate from the timer.
-    cpu.write_u32(ld + LD_TSC_KHZ, 0)
+    # The TSC rate if the host's TSC is invariant, else 0: the Guest calibrates.
+    cpu.write_u32(ld + LD_TSC_KHZ, cpu.tsc.khz())
     vec = cpu.u32_at(ld + LD_SYSCALL_VEC)
     if vec != SYSCALL_VECTOR:
         cpu.kill_guest("bad syscall vector")
