@@ -7,22 +7,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
-from harness import LHREQ_IRQ, TinyGuest  # noqa: E402
+from harness import LHREQ_IRQ, guest_fixture  # noqa: E402
 
 from host.tsc import tsc_is_invariant  # noqa: E402
 
 
-@pytest.fixture
-def guest():
-    made = []
-
-    def make(mode, params=()):
-        g = TinyGuest("hypercalls", mode, params)
-        made.append(g)
-        return g
-    yield make
-    for g in made:
-        g.close()
+guest = guest_fixture("hypercalls")
 
 
 def test_first_hypercall_must_be_init(guest):

@@ -9,20 +9,10 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
-from harness import LHREQ_BREAK, LHREQ_IRQ, GuestDied, TinyGuest  # noqa: E402
+from harness import LHREQ_BREAK, LHREQ_IRQ, GuestDied, guest_fixture  # noqa: E402
 
 
-@pytest.fixture
-def guest():
-    made = []
-
-    def make(mode, params=()):
-        g = TinyGuest("irqs", mode, params)
-        made.append(g)
-        return g
-    yield make
-    for g in made:
-        g.close()
+guest = guest_fixture("irqs")
 
 
 def run(g, on_first=None):

@@ -2,25 +2,14 @@
 import sys
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
-from harness import TinyGuest  # noqa: E402
+from harness import guest_fixture  # noqa: E402
 
 PD, PT = 0x200000, 0x201000
 
 
-@pytest.fixture
-def guest():
-    made = []
-
-    def make(mode, params=()):
-        g = TinyGuest("traps", mode, params)
-        made.append(g)
-        return g
-    yield make
-    for g in made:
-        g.close()
+guest = guest_fixture("traps")
 
 
 def build_tables(g, bad_pte=None, bad_pde=None):

@@ -118,3 +118,22 @@ class TinyGuest:
     def close(self):
         self.lg.write((LHREQ_BREAK, 0)) if self.lg.guest is not None else None
         self.lg.close()
+
+
+def guest_fixture(scenarios):
+    """A pytest fixture giving make(mode, params=()) -> TinyGuest for one scenario
+    file; every Guest made is closed after the test."""
+    import pytest
+
+    @pytest.fixture
+    def guest():
+        made = []
+
+        def make(mode, params=()):
+            g = TinyGuest(scenarios, mode, params)
+            made.append(g)
+            return g
+        yield make
+        for g in made:
+            g.close()
+    return guest
