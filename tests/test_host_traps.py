@@ -2,7 +2,6 @@
 import sys
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent / "guests"))
 from harness import guest_fixture  # noqa: E402
 
