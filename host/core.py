@@ -499,9 +499,12 @@ class Guest:
                     raise e           # KeyboardInterrupt, SystemExit: not ours to eat
                 self.kill_guest("Host error: %s: %s" % (type(e).__name__, e))
             if (not self.stop_asked and ch.kick_gen == ch.kick_seen
+                    and not ch.stop_request.is_set()
                     and self.dead is None and not self.halted and not self.pending_notify):
                 # Nobody asked it to stop: unicorn's triple fault (a fault it could not
-                # deliver) ends emu_start() quietly.
+                # deliver) ends emu_start() quietly.  (A raised stop flag is a reason
+                # even with no new event: the thread may raise it just after we took
+                # the event it belongs to, between its two stores.)
                 self.kill_guest("unhandled trap 8 at %#x (0): triple fault"
                                 % (ui.q[16] & 0xFFFFFFFF))
         raise GuestDied(self.dead, self.poweroff, self.restart)

@@ -352,6 +352,9 @@ class StopRequest:
     def clear(self):
         self.flag.pending = 0
 
+    def is_set(self):
+        return self.flag.pending != 0
+
     @classmethod
     def self_test(cls):
         """Check on a scratch engine that a raised flag stops a Guest spinning in

@@ -252,3 +252,30 @@ def test_rearming_an_expired_deadline_raises_irq0_at_once(guest):
     cpu.channel.deadline = time.monotonic() + 10
     it.guest_set_clockevent(cpu, 1_000_000_000)
     assert not cpu.irqs_pending
+
+
+def test_stray_stop_flag_is_not_a_triple_fault(guest):
+    """The helper thread raises the stop flag just after bumping its event count; the
+    run loop may take the event between the two, so the engine can stop with the
+    flag up and nothing new to see.  That must be a plain re-entry, not a death."""
+    g = guest(7)
+    assert g.read() == 1
+    stop = g.lg.guest.channel.stop_request
+    brk = g.lg.breaker()
+    stopped = []
+
+    def stray_stops():
+        deadline = time.monotonic() + 0.3
+        while time.monotonic() < deadline:
+            stop.set()
+            stopped.append(1)
+            time.sleep(0.0005)
+        brk.write((LHREQ_BREAK, 1))
+    t = threading.Thread(target=stray_stops)
+    t.start()
+    with pytest.raises(BlockingIOError):          # the BREAK, not GuestDied
+        g.read()
+    g.lg.write((LHREQ_BREAK, 0))
+    t.join(2)
+    assert len(stopped) > 50
+    assert g.peek(g.sym("saved")) > 0
