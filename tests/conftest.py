@@ -75,3 +75,19 @@ def lgtest_lines(stdout):
 def assert_no_traceback(proc):
     assert "Traceback" not in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stdout, proc.stdout
+
+
+def wait_child_exit(pid, timeout, what):
+    """Wait up to timeout seconds for our child pid to end; returns its exit
+    status (negative: killed by that signal).  A child still running then is a
+    failure naming `what`."""
+    import time
+    from waker import procs
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, st = os.waitpid(pid, os.WNOHANG)
+        if done:
+            procs.CHILDREN.pop(pid, None)
+            return os.waitstatus_to_exitcode(st)
+        time.sleep(0.01)
+    raise AssertionError("%s still running" % what)

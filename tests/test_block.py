@@ -27,6 +27,7 @@ from devices.block import handle_io_finish, setup_block_file
 from devices.devpage import DeviceList
 from devices.errors import LauncherError
 from devices.memory import GuestMemory
+from conftest import wait_child_exit
 from test_devpage import page_of, parse_device_page
 from test_virtqueue import FakeLg, GuestRing
 from waker import procs
@@ -79,14 +80,7 @@ class Rig:
 
     def worker_exit(self, timeout=10):
         """Wait for the worker to end; returns its exit status."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, st = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                procs.CHILDREN.pop(self.pid, None)
-                return os.waitstatus_to_exitcode(st)
-            time.sleep(0.01)
-        raise AssertionError("worker still running")
+        return wait_child_exit(self.pid, timeout, "worker")
 
     def close(self):
         """The Launcher goes away: the worker must see EOF and leave."""

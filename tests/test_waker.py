@@ -19,6 +19,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from conftest import wait_child_exit
 from devices.devpage import DeviceList
 from devices.memory import GuestMemory
 from waker import (LHREQ_BREAK, children_alive, reap_children, setup_waker,
@@ -97,14 +98,7 @@ class WakerRig:
         os.write(self.ctrl, struct.pack("i", value))
 
     def exit_status(self, timeout=5):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            pid, st = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                procs.CHILDREN.pop(self.pid, None)
-                return os.waitstatus_to_exitcode(st)
-            time.sleep(0.01)
-        raise AssertionError("Waker still running")
+        return wait_child_exit(self.pid, timeout, "Waker")
 
     def close(self):
         for fd in (self.ctrl, self.lg.b.break_r, self.lg.b.clear_w):
