@@ -367,6 +367,6 @@ class StopRequest:
         uc.emu_start(0x1000, 1 << 40, timeout=2_000_000)
         ran = uc.reg_read(X.UC_X86_REG_EAX)
         stop.clear()
-        uc.emu_start(0x1000, 1 << 40, timeout=20_000)   # ends by the timeout
+        uc.emu_start(0x1000, 1 << 40, timeout=2_000)    # ends by the timeout (2 ms)
         if ran != 0 or uc.reg_read(X.UC_X86_REG_EAX) == 0:
             _fail("the block-boundary stop hook does not work (ran %d)" % ran)
