@@ -19,8 +19,10 @@ LINUX_DIR  := ../shared/linux
 KERNEL     ?= $(wildcard $(LINUX_DIR)/vmlinux)
 LINUX_MEM  ?= 64
 LINUX_ARGS ?=
+LINUX_SRC  ?=
+LINUX_OUT  ?= build/linux
 
-.PHONY: all run run-linux test bench guest linux-initrd linux-config linux-kernel clean distclean
+.PHONY: all run run-linux linux-kernel-given test bench guest linux-initrd linux-config linux-kernel clean distclean
 
 all: $(STAMP) $(GUEST) $(DISK)
 
@@ -49,16 +51,26 @@ run: all
 	$(PY) launcher.py --block=$(DISK) $(MEM_MB) $(GUEST)
 
 # A shell on your terminal in a Linux Guest; `poweroff -f` (or exit) ends it.
-run-linux: all $(INITRD)
-	@if [ -z "$(KERNEL)" ]; then echo "make run-linux: no kernel: give KERNEL=path/to/vmlinux-or-bzImage (build one: make linux-kernel LINUX_SRC=path/to/linux-3.x, see README \"Running Linux\")"; exit 1; fi
-	@if [ ! -f "$(KERNEL)" ]; then echo "make run-linux: no kernel file $(KERNEL)"; exit 1; fi
+# The kernel is checked first: no point fetching busybox without one.
+run-linux: linux-kernel-given all $(INITRD)
 	$(PY) launcher.py --block=$(DISK) --initrd=$(INITRD) $(LINUX_MEM) $(KERNEL) console=hvc0 $(LINUX_ARGS)
 
-# pytest exits 5 when it collected nothing: that is a failure for us too.
+linux-kernel-given:
+	@if [ -z "$(KERNEL)" ]; then echo "make run-linux: no kernel: give KERNEL=path/to/vmlinux-or-bzImage (build one: make linux-kernel LINUX_SRC=path/to/linux-3.x, see README \"Running Linux\")" >&2; exit 1; fi
+	@if [ ! -f "$(KERNEL)" ]; then echo "make run-linux: no kernel file $(KERNEL)" >&2; exit 1; fi
+
+# A Guest kernel from a Linux 3.x tree of yours (README "Running Linux").
+linux-config:
+	tools/linux-kernel.sh --config-only "$(LINUX_SRC)" "$(LINUX_OUT)"
+
+linux-kernel:
+	tools/linux-kernel.sh "$(LINUX_SRC)" "$(LINUX_OUT)"
+
 # With the shared Linux kernels at hand, tests/test_linux.py boots them with
 # our initramfs, so it is made first.
 LINUX_TEST_DEPS := $(if $(wildcard $(LINUX_DIR)/vmlinux $(LINUX_DIR)/bzImage),$(INITRD))
 
+# pytest exits 5 when it collected nothing: that is a failure for us too.
 test: all $(LINUX_TEST_DEPS)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
