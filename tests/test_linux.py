@@ -27,10 +27,15 @@ from conftest import (LAUNCHER, PYTHON, ROOT, assert_no_traceback, launch,
 
 LINUX = ROOT.parent / "shared" / "linux"
 INITRD = ROOT / "images" / "linux-initrd.cpio.gz"
-KERNELS = ["vmlinux", "bzImage"]
+#: The kernels to boot: the shared ones, or your own list, e.g.
+#: PYLGUEST_KERNELS=build/linux/vmlinux:build/linux/arch/x86/boot/bzImage
+OWN_KERNELS = os.environ.get("PYLGUEST_KERNELS")
+KERNELS = (OWN_KERNELS.split(":") if OWN_KERNELS
+           else [str(LINUX / "vmlinux"), str(LINUX / "bzImage")])
 
 pytestmark = pytest.mark.skipif(
-    not LINUX.is_dir(), reason="no ../shared/linux: no Linux kernel to boot")
+    not OWN_KERNELS and not LINUX.is_dir(),
+    reason="no ../shared/linux: no Linux kernel to boot")
 
 #: Seconds a whole Guest run may take.  A boot is ~2 s on an idle machine;
 #: this holds on a loaded one with room to spare, and still catches a hang.
@@ -47,11 +52,12 @@ def initrd():
     return INITRD
 
 
-@pytest.fixture(scope="module", params=KERNELS)
+@pytest.fixture(scope="module", params=KERNELS,
+                ids=[os.path.basename(k) if not OWN_KERNELS else k for k in KERNELS])
 def kernel(request):
-    path = LINUX / request.param
+    path = (ROOT / request.param).resolve()
     if not path.exists():
-        pytest.skip("no %s in ../shared/linux" % request.param)
+        pytest.skip("no kernel %s" % request.param)
     return path
 
 
@@ -343,12 +349,16 @@ def test_reboot_restarts_the_guest(kernel, initrd, tmp_path):
 # --- A big Guest ----------------------------------------------------------------
 
 def kernel_config(kernel):
-    """The .config beside a shared kernel ({"CONFIG_X": "y", ...}), or {}."""
-    cfg = kernel.parent / ("config-pae" if kernel.name.endswith("-pae") else "config")
-    if not cfg.exists():
-        return {}
-    return dict(line.split("=", 1) for line in cfg.read_text().splitlines()
-                if line.startswith("CONFIG_") and "=" in line)
+    """The kernel's configuration {"CONFIG_X": "y", ...}, or {} if unknown:
+    `config` beside a shared kernel (`config-pae` beside a -pae one), or
+    the build directory's .config (a bzImage sits in arch/x86/boot/)."""
+    shared = "config-pae" if kernel.name.endswith("-pae") else "config"
+    for cfg in [kernel.parent / shared, kernel.parent / ".config"] + \
+            [d / ".config" for d in kernel.parents[3:4]]:
+        if cfg.is_file():
+            return dict(line.split("=", 1) for line in cfg.read_text().splitlines()
+                        if line.startswith("CONFIG_") and "=" in line)
+    return {}
 
 
 def test_big_guest_boots(kernel, initrd):
