@@ -10,22 +10,37 @@ buffers, puts them in the used ring, and says so down the done pipe.  The
 Waker sees the done pipe readable and BREAKs the Guest; the Launcher's
 handle_io_finish() reads the pipe and interrupts the Guest.
 
-The done pipe carries fixed-size records (DONE, two u32s) rather than the
+The done pipe carries fixed-size records (DONE: three u32s) rather than the
 C's single byte, because of one thing the C never had to think about:
 unicorn caches translated Guest code and never notices memory another
-process writes.  So before a request's "done" record the worker lists every
-Guest buffer it filled, and the Launcher drops unicorn's translations there
-before the Guest can run code it read from disk.
+process writes.  So the worker lists every Guest buffer it filled, and the
+Launcher drops unicorn's translations there *before* it puts the request in
+the used ring: the Guest can't see a request complete (and run code it read
+from disk) while stale translations of that memory remain.  That is why the
+Launcher calls add_used() here, where the C's thread did it itself.
 
-  (gpa, len)          the worker filled Guest memory [gpa, gpa+len)
-  (0, 0)              one request is complete
-  (RESET_ACK, 0)      the worker has forgotten its place in the ring
-  (DYING, status)     the worker is dying and has printed why
+  (FILLED, gpa, len)      the worker filled Guest memory [gpa, gpa+len)
+  (USED, head, len)       request head is complete, len bytes written into
+                          it: add_used() it (after the FILLED before it)
+  (RESET_ACK, 0, 0)       the worker has forgotten its place in the ring
+  (DYING, status, 0)      the worker is dying and has printed why
+
+Every request's data is in the file or in Guest memory before its USED
+record is written, so a Launcher killed at any moment never leaves the
+Guest believing in a write the disk has not had.
+
+Two things keep the traffic down, both as the 3.16 Launcher's device threads
+did: while the worker is awake it sets VRING_USED_F_NO_NOTIFY, so the Guest
+doesn't kick for requests it will find anyway; and it reports what it did in
+one write per pass over the ring, so one Waker wake-up, one BREAK and one
+interrupt cover many requests.
 """
 
 import os
 import select
 import struct
+import threading
+import time
 
 from waker.procs import fork_child
 from waker.stats import STATS
@@ -42,9 +57,17 @@ from .abi import (BLK_CONFIG_LEN, BLK_CONFIG_OFF_CAPACITY,
 from .errors import LauncherError, err, errx
 
 #: one record on the done pipe (native order: both ends are this machine)
-DONE = struct.Struct("=II")
-RESET_ACK = 0xFFFFFFFE
-DYING = 0xFFFFFFFF
+DONE = struct.Struct("=III")
+FILLED = 1
+USED = 2
+RESET_ACK = 3
+DYING = 4
+#: After a pass the worker looks at the ring once more this long after it let
+#: the Guest kick again, even with no kick (see serve_ring).
+IDLE_RECHECK = 0.001
+#: A completion waits at most about this long for the rest of its pass
+#: before the done pipe hears of it (a pass of big requests can be long).
+BATCH_SECS = 0.001
 #: bytes on the workpipe
 WORK_KICK = 0x00
 WORK_RESET = 0x52        # "R"
@@ -58,12 +81,11 @@ class VblkInfo:
     never make it longer); workpipe: our (write) end of the pipe to the
     worker; pid: the worker's; serial: what GET_ID answers (bytes)."""
 
-    def __init__(self, fd, length, serial, verbose, batch=False):
+    def __init__(self, fd, length, serial, verbose):
         self.fd = fd
         self.len = length
         self.serial = serial
         self.verbose = verbose
-        self.batch = batch        # one done write per pass (serve_ring)
         self.workpipe = None
         self.pid = None
         self.partial = b""        # an incomplete DONE record read so far
@@ -120,7 +142,7 @@ def _filled(addrs, nbytes):
     return out
 
 
-def service_io(vq, vblk, done_fd, pending=None):
+def service_io(vq, vblk, done):
     """Serve one request from the block virtqueue, if there is one; mirrors
     service_io() in lguest.c (with the 3.16 Launcher's FLUSH and the
     GET_ID serial added).  Returns False when the ring is empty.
@@ -132,8 +154,9 @@ def service_io(vq, vblk, done_fd, pending=None):
     past end %u+%u") and never touches the file; a failing disk is not:
     the Guest gets VIRTIO_BLK_S_IOERR.
 
-    The done records go down done_fd at once, or onto the list pending
-    if one is given (see serve_ring)."""
+    done is a DoneBatch (or a done pipe fd: then the records go at once):
+    the request's FILLED ranges and its USED record go there.  The Guest
+    sees the request complete only when the Launcher has read them."""
     got = vq.get_vq_desc()
     if got is None:
         return False
@@ -215,43 +238,100 @@ def service_io(vq, vblk, done_fd, pending=None):
         wlen = VIRTIO_BLK_INHDR_SIZE
 
     status_buf[0] = status
-    # Used ring first, then the done record: by the time the Launcher
-    # interrupts the Guest, the Guest can see the request finished.
-    vq.add_used(head, wlen)
-    records = b"".join(DONE.pack(gpa, ln) for gpa, ln in filled)
-    records += DONE.pack(0, 0)
-    STATS.bump("blk_requests")
-    if pending is not None:
-        pending.append(records)
+    if not isinstance(done, DoneBatch):
+        batch = DoneBatch(done)
+        batch.add(filled, head, wlen)
+        batch.send()
     else:
-        _send_done(done_fd, records)
+        done.add(filled, head, wlen)
+    STATS.bump("blk_requests")
     return True
 
 
-def _send_done(done_fd, records):
-    # Count first: whoever reads the records may read the counters next.
-    STATS.bump("blk_done_writes")
-    STATS.bump("blk_done_bytes", len(records))
-    _write_all(done_fd, records)
+class DoneBatch:
+    """Completions not yet told to the Launcher: the Guest memory filled
+    (neighbouring ranges merged, across requests too) and the (head, len)
+    of each finished request, in order.  send() writes them down the done
+    pipe in one write(): ranges first, so the Launcher drops every stale
+    translation before it puts any of these requests in the used ring."""
+
+    def __init__(self, done_fd):
+        self.done_fd = done_fd
+        self.ranges = []
+        self.used = []
+        self.since = None         # time.monotonic() of the oldest completion
+
+    def add(self, filled, head, length):
+        if self.since is None:
+            self.since = time.monotonic()
+        ranges = self.ranges
+        for gpa, ln in filled:
+            if ranges and ranges[-1][0] + ranges[-1][1] == gpa:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + ln)
+            else:
+                ranges.append((gpa, ln))
+        self.used.append((head, length))
+
+    def __len__(self):
+        return len(self.used)
+
+    def age(self):
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def send(self):
+        if not self.used:
+            return
+        pack = DONE.pack
+        records = b"".join([pack(FILLED, gpa, ln) for gpa, ln in self.ranges]
+                           + [pack(USED, head, ln & 0xFFFFFFFF) for head, ln in self.used])
+        # Count first: whoever reads the records may read the counters next.
+        STATS.bump("blk_done_writes")
+        STATS.bump("blk_done_bytes", len(records))
+        self.ranges = []
+        self.used = []
+        self.since = None
+        _write_all(self.done_fd, records)
+
+
+def full_barrier():
+    """A full memory barrier (x86 "mfence"): our stores are visible to the
+    other processes and threads before our next load.  Python has no word
+    for it; taking and releasing a lock does it, since CPython's locks are
+    built on locked (lock cmpxchg / xadd) instructions, which x86 orders
+    against every load and store."""
+    _BARRIER_LOCK.acquire()
+    _BARRIER_LOCK.release()
+
+
+_BARRIER_LOCK = threading.Lock()
 
 
 def serve_ring(vq, vblk, done_fd):
-    """Serve every request in the ring.  Like the C, each completion is
-    reported as soon as it is done (the Guest's first request doesn't wait
-    for its neighbours); with vblk.batch, one write reports the whole
-    pass instead (fewer Waker wake-ups, later first completion): an
-    experiment for bench/block.py, off by default."""
-    if not vblk.batch:
-        while service_io(vq, vblk, done_fd):
-            pass
-        return
-    pending = []
+    """Serve requests until the ring stays empty; the 3.16 Launcher's
+    wait_for_vq_desc() loop in its block thread, in our worker.
+
+    While we are awake the Guest is told not to kick (VRING_USED_F_NO_NOTIFY):
+    we will find what it adds.  Completions go down the done pipe once per
+    pass (3.16 sent its interrupt when the ring ran dry), or sooner when
+    the oldest has waited BATCH_SECS.  Before going back to sleep we let
+    the Guest kick again and look once more, for a request added while it
+    still saw the flag; the caller looks once more after IDLE_RECHECK (see
+    io_worker)."""
+    batch = DoneBatch(done_fd)
+    vq.suppress_notify(True)
     try:
-        while service_io(vq, vblk, done_fd, pending):
-            pass
+        while True:
+            while service_io(vq, vblk, batch):
+                if batch.age() >= BATCH_SECS:
+                    batch.send()
+            batch.send()
+            vq.suppress_notify(False)
+            full_barrier()
+            if vq.avail_idx() == vq.last_avail_idx:
+                return
+            vq.suppress_notify(True)
     finally:
-        if pending:
-            _send_done(done_fd, b"".join(pending))
+        batch.send()
 
 
 def io_worker(vq, vblk, workpipe, done_fd):
@@ -259,9 +339,32 @@ def io_worker(vq, vblk, workpipe, done_fd):
     down workpipe is a kick (serve every request in the ring) or a reset
     (forget our place in the ring, and acknowledge).  EOF means the
     Launcher is gone: exit quietly.  A bad Guest ends it with a one-line
-    death and a DYING record, so the Launcher knows the reason is out."""
+    death and a DYING record, so the Launcher knows the reason is out.
+
+    After a pass we wait for the next kick at most IDLE_RECHECK, then look
+    at the ring once without one.  The Guest's side of the NO_NOTIFY
+    handshake (store avail->idx, barrier, load used->flags) runs on
+    unicorn, whose Guest barriers are no host barriers (TCG emits them only
+    for parallel vCPUs): on the host's store buffer the Guest can still read
+    our old flag just as we read its old index, and then nobody would kick.
+    That window is nanoseconds wide; a millisecond later both stores are
+    long visible, so this one look closes it.  Never after a reset: the
+    ring is the Launcher's to clear until the next kick."""
+    recheck = False
     try:
         while True:
+            if recheck:
+                recheck = False
+                try:
+                    ready, _, _ = select.select([workpipe], [], [], IDLE_RECHECK)
+                except InterruptedError:
+                    ready = [workpipe]
+                if not ready:
+                    if vq.avail_idx() != vq.last_avail_idx:
+                        STATS.bump("blk_rechecks")
+                        serve_ring(vq, vblk, done_fd)
+                        recheck = True
+                    continue
             try:
                 cmds = os.read(workpipe, 4096)
             except InterruptedError:
@@ -276,16 +379,18 @@ def io_worker(vq, vblk, workpipe, done_fd):
                         serve_ring(vq, vblk, done_fd)
                         kicked = False
                     vq.reset()
-                    _write_all(done_fd, DONE.pack(RESET_ACK, 0))
+                    _write_all(done_fd, DONE.pack(RESET_ACK, 0, 0))
+                    recheck = False
                 else:
                     STATS.bump("blk_kicks")
                     kicked = True
             # Many kicks in one read are one pass over the ring.
             if kicked:
                 serve_ring(vq, vblk, done_fd)
+                recheck = True
     except LauncherError as e:
         try:
-            _write_all(done_fd, DONE.pack(DYING, e.status))
+            _write_all(done_fd, DONE.pack(DYING, e.status, 0))
         except OSError:
             pass
         raise
@@ -314,21 +419,25 @@ def _worker_gone(vblk):
 
 def _take_records(lg, dev, data):
     """Act on done-pipe bytes: drop unicorn's translations of what the
-    worker filled; returns (requests completed, resets acknowledged)."""
+    worker filled, then put the finished requests in the used ring (in
+    that order: see the top of this file).  Returns (requests completed,
+    resets acknowledged)."""
     vblk = dev.priv
+    vq = dev.vq
     data = vblk.partial + data
     whole = len(data) - len(data) % DONE.size
     vblk.partial = data[whole:]
     done = resets = 0
-    for gpa, length in DONE.iter_unpack(data[:whole]):
-        if gpa == 0 and length == 0:
+    for kind, a, b in DONE.iter_unpack(data[:whole]):
+        if kind == FILLED:
+            lg.drop_translations(a, b)
+        elif kind == USED:
+            vq.add_used(a, b)
             done += 1
-        elif gpa == RESET_ACK:
+        elif kind == RESET_ACK:
             resets += 1
-        elif gpa == DYING:
+        elif kind == DYING:
             vblk.said_why = True
-        else:
-            lg.drop_translations(gpa, length)
     return done, resets
 
 
@@ -336,8 +445,9 @@ def handle_io_finish(lg, dev):
     """The done pipe is readable: the worker finished requests; mirrors
     handle_io_finish() in lguest.c.  Reads what is there (the C read one
     byte a time; one interrupt per batch does as well), drops unicorn's
-    stale translations, and interrupts the Guest.  EOF: the worker died
-    (see _worker_gone).  Returns True: keep watching."""
+    stale translations, puts the requests in the used ring and interrupts
+    the Guest.  EOF: the worker died (see _worker_gone).  Returns True:
+    keep watching."""
     vblk = dev.priv
     STATS.bump("blk_finish_calls")
     try:
@@ -389,8 +499,8 @@ def reset_virtblk(lg, dev):
     """The Guest reset the block device (Device.on_reset): tell the worker
     to forget its place in the ring and wait until it has, so the ring
     can be cleared under nobody's feet.  Completions that arrive meanwhile
-    still get their translations dropped; the Guest no longer wants their
-    interrupt."""
+    still get their translations dropped and go in the used ring about to
+    be cleared; the Guest no longer wants their interrupt."""
     vblk = dev.priv
     data = bytes((WORK_RESET,))
     while True:
@@ -433,9 +543,7 @@ def setup_block_file(devices, filename, verbose=False):
     length = os.lseek(fd, 0, os.SEEK_END)
     nth = sum(1 for d in devices.devs if d.type == VIRTIO_ID_BLOCK)
     serial = ("pylguest-vd%s" % chr(ord("a") + nth % 26)).encode()
-    # PYLGUEST_BLK_BATCH=1: the batching experiment of bench/block.py.
-    vblk = VblkInfo(fd, length, serial, verbose,
-                    batch=os.environ.get("PYLGUEST_BLK_BATCH") == "1")
+    vblk = VblkInfo(fd, length, serial, verbose)
 
     try:
         done_r, done_w = os.pipe()

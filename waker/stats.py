@@ -22,6 +22,7 @@ SLOTS = (
     "blk_finish_calls", # Launcher: handle_io_finish() calls
     "blk_irqs",         # Launcher: block interrupts triggered
     "blk_done_seen",    # Launcher: completions read from the done pipe
+    "blk_rechecks",     # worker: requests found by the idle recheck, no kick
 )
 _Q = struct.Struct("<Q")
 SIZE = _Q.size * len(SLOTS)
