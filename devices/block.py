@@ -44,6 +44,7 @@ import time
 
 from waker.procs import fork_child
 from waker.stats import STATS
+from waker.trace import EV, SLOT_BLOCK, SLOT_LAUNCHER, TRACE
 
 from .abi import (BLK_CONFIG_LEN, BLK_CONFIG_OFF_CAPACITY,
                   BLK_CONFIG_OFF_SEG_MAX, SECTOR_SIZE, U32, U64,
@@ -238,6 +239,7 @@ def service_io(vq, vblk, done):
         wlen = VIRTIO_BLK_INHDR_SIZE
 
     status_buf[0] = status
+    TRACE.mark(SLOT_BLOCK, EV["worker_req"])
     if not isinstance(done, DoneBatch):
         batch = DoneBatch(done)
         batch.add(filled, head, wlen)
@@ -287,6 +289,7 @@ class DoneBatch:
         # Count first: whoever reads the records may read the counters next.
         STATS.bump("blk_done_writes")
         STATS.bump("blk_done_bytes", len(records))
+        TRACE.mark(SLOT_BLOCK, EV["worker_done"])
         self.ranges = []
         self.used = []
         self.since = None
@@ -328,6 +331,7 @@ def serve_ring(vq, vblk, done_fd):
             vq.suppress_notify(False)
             full_barrier()
             if vq.avail_idx() == vq.last_avail_idx:
+                TRACE.mark(SLOT_BLOCK, EV["worker_idle"])
                 return
             vq.suppress_notify(True)
     finally:
@@ -371,6 +375,7 @@ def io_worker(vq, vblk, workpipe, done_fd):
                 continue
             if not cmds:
                 return
+            TRACE.mark(SLOT_BLOCK, EV["worker_wake"])
             STATS.bump("blk_wakeups")
             kicked = False
             for c in cmds:
@@ -460,11 +465,13 @@ def handle_io_finish(lg, dev):
         data = b""
     if not data:
         _worker_gone(vblk)
+    TRACE.mark(SLOT_LAUNCHER, EV["finish"])
     done, _ = _take_records(lg, dev, data)
     if done:
         STATS.bump("blk_done_seen", done)
         STATS.bump("blk_irqs")
         dev.vq.trigger_irq(lg)
+        TRACE.mark(SLOT_LAUNCHER, EV["irq"])
     return True
 
 
@@ -473,6 +480,7 @@ def handle_virtblk_output(lg, vq):
     handle_virtblk_output() in lguest.c.  The pipe is non-blocking: if it
     is full, the worker has plenty of kicks to read already."""
     vblk = vq.dev.priv
+    TRACE.mark(SLOT_LAUNCHER, EV["kick"])
     try:
         os.write(vblk.workpipe, bytes((WORK_KICK,)))
     except BlockingIOError:

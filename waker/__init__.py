@@ -21,6 +21,7 @@ from devices.errors import err
 from .procs import (CHILDREN, children_alive, fork_child, reap_children,
                     stop_children)
 from .stats import STATS
+from .trace import EV, SLOT_WAKER, TRACE
 
 try:
     from host.abi import LHREQ_BREAK
@@ -75,6 +76,7 @@ def wake_parent(pipefd, breaker, watched):
                 raise
             _prune_bad_fds(watched)
             continue
+        TRACE.mark(SLOT_WAKER, EV["waker_wake"])
 
         # Orders from the Launcher come first: it may be telling us to
         # stop watching the very fd that is readable.
@@ -96,10 +98,12 @@ def wake_parent(pipefd, breaker, watched):
             continue
 
         STATS.bump("breaks")
+        TRACE.mark(SLOT_WAKER, EV["waker_break"])
         try:
             still_there = breaker.write((LHREQ_BREAK, 1))
         except OSError:
             still_there = False
+        TRACE.mark(SLOT_WAKER, EV["waker_released"])
         if still_there is False:
             os._exit(0)
 
