@@ -478,9 +478,18 @@ def handle_io_finish(lg, dev):
 def handle_virtblk_output(lg, vq):
     """The Guest kicked the block queue: wake the worker; mirrors
     handle_virtblk_output() in lguest.c.  The pipe is non-blocking: if it
-    is full, the worker has plenty of kicks to read already."""
+    is full, the worker has plenty of kicks to read already.
+
+    We also tell the Guest to stop kicking (VRING_USED_F_NO_NOTIFY), which
+    the worker would do itself once awake: a process takes a while to be
+    scheduled, and every request the Guest adds meanwhile would cost
+    another NOTIFY exit for nothing.  Flag first, kick second: the worker
+    reads this kick after our store, and clears the flag only at the end
+    of the pass the kick starts, so the flag is never left up with nobody
+    coming."""
     vblk = vq.dev.priv
     TRACE.mark(SLOT_LAUNCHER, EV["kick"])
+    vq.suppress_notify(True)
     try:
         os.write(vblk.workpipe, bytes((WORK_KICK,)))
     except BlockingIOError:
