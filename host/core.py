@@ -27,8 +27,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercalls, page_tables, segments
 from . import interrupts_and_traps as it
-from .abi import (_PAGE_TABLE, GUEST_PL, IDT_ENTRIES, LD_CR2, LGUEST_IRQS, LGUEST_TRAP_ENTRY,
-                  PAGE_SIZE, SWITCHER_ADDR, X86_CR0_TS, X86_CR4_PSE)
+from .abi import (GUEST_PL, IDT_ENTRIES, LD_CR2, LGUEST_IRQS, LGUEST_TRAP_ENTRY, PAGE_SIZE,
+                  X86_CR0_TS, X86_CR4_PSE)
 from .channel import Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .tsc import TscRate
@@ -97,6 +97,7 @@ class Guest:
         self.waker_died = False
         self.esp1 = self.ss1 = self.stack_pages = 0
         self.linear_pages = True
+        self.pae = False              # learnt at the first NEW_PGTABLE (page_tables.py)
         self.pgdir = 0
         self.known_pgdirs = set()
         self.gdt_changed = False
@@ -281,7 +282,7 @@ class Guest:
                 return
         elif trapnum == 14:
             cr2 = ui.cr(2) & 0xFFFFFFFF
-            if not self.linear_pages and not self._check_gpgd(cr2):
+            if not page_tables.check_fault(self, cr2):
                 return
             if self.lguest_data is not None:
                 self.write_u32(self.lguest_data + LD_CR2, cr2)
@@ -294,18 +295,6 @@ class Guest:
                 return
         if not it.deliver_trap(self, trapnum, errcode):
             self._unhandled(trapnum, errcode)
-
-    def _check_gpgd(self, vaddr):
-        """The checks demand_page() made on every fault: a present top-level entry with
-        odd flags or a page table outside the Guest kills "bad page directory entry"
-        (unicorn just read zeroes there and called it a not-present page)."""
-        if vaddr >= SWITCHER_ADDR:
-            return True               # the Host's own slot: a plain fault for the Guest
-        pgd = self.read_u32(self.pgdir + (vaddr >> 22) * 4)
-        if pgd & 1 and ((pgd & 0xFFF) & ~_PAGE_TABLE or (pgd >> 12) >= self.pfn_limit):
-            self.kill_guest("bad page directory entry")
-            return False
-        return True
 
     def _unhandled(self, trapnum, info):
         self.kill_guest("unhandled trap %li at %#x (%#x)"
@@ -379,14 +368,8 @@ class Guest:
 
     def _peek_byte(self, vaddr):
         """The byte at Guest-virtual vaddr, or None; never kills (unlike guest_pa())."""
-        if self.linear_pages:
-            pa = vaddr
-        else:
-            ent = page_tables.lookup_pte(self, vaddr)
-            if ent is None or not ent[0] & 1 or not ent[1] & 1:
-                return None
-            pa = (ent[1] & 0xFFFFF000) | (vaddr & 0xFFF)
-        return self.mem[pa] if 0 <= pa < self.mem_limit else None
+        pa = page_tables.lookup_pa(self, vaddr)
+        return self.mem[pa] if pa is not None and 0 <= pa < self.mem_limit else None
 
     def _rd8(self, addr):
         if 0 <= addr < self.mem_limit:
@@ -413,28 +396,20 @@ class Guest:
     def _hook_mem_invalid(self, uc, access, address, size, value, _ud):
         """The Guest touched memory it doesn't have: remember where, let unicorn stop."""
         if self.fault is None:
-            self.fault = (access, address & 0xFFFFFFFF)
+            self.fault = (access, address)    # physical: above 4 GiB too (PAE)
         return False
 
     def _memory_death(self, err):
         """Turn unicorn's memory error into the kill the real Host would have given.
 
         unicorn names the *physical* address.  Past NEW_PGTABLE the Guest reached it
-        through its own tables: through a page-directory entry (the address is inside a
-        "page table" outside memory) or a page-table entry, which the real Host refused
-        as "bad page directory entry" / "bad page table entry" in demand_page().
+        through its own tables, through an entry the real Host refused in demand_page()
+        ("bad page table entry" and friends: page_tables.bad_entry_reason()).
         """
         access, paddr = self.fault if self.fault else (None, None)
         self.fault = None
         if paddr is not None and not self.linear_pages and paddr >= self.mem_limit:
-            frame = paddr & 0xFFFFF000
-            pd = self.pgdir
-            for i in range(1024):
-                pgd = self.u32_at(pd + 4 * i)
-                if pgd & 1 and (pgd & 0xFFFFF000) == frame and i != 1023:
-                    self.kill_guest("bad page directory entry")
-                    return
-            self.kill_guest("bad page table entry")
+            self.kill_guest(page_tables.bad_entry_reason(self, paddr))
             return
         where = paddr if paddr is not None else self.ui.q[16] & 0xFFFFFFFF
         if access in (UCC.UC_MEM_WRITE_UNMAPPED, UCC.UC_MEM_WRITE_PROT):
