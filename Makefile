@@ -7,6 +7,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 GUEST   := guest/guest.elf
+GUEST_PAE := guest/guest-pae.elf
 DISK    := images/disk.img
 DISK_MB := 16
 LABEL   := pylguest
@@ -14,14 +15,15 @@ MEM_MB  := 64
 
 .PHONY: all run test bench guest clean distclean
 
-all: $(STAMP) $(GUEST) $(DISK)
+all: $(STAMP) $(GUEST) $(GUEST_PAE) $(DISK)
 
 $(STAMP): requirements.txt
 	$(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
-guest $(GUEST): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/Makefile)
+# One make in guest/ builds both: guest.elf, and guest-pae.elf (PAE page tables).
+guest $(GUEST) $(GUEST_PAE): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/Makefile)
 	$(MAKE) -C guest
 
 # A real ext2 filesystem with a known label and a file in it: the demo prints
