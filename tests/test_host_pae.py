@@ -121,6 +121,21 @@ def test_user_mode_and_emulation(pae):
     assert last["vec"] == 0x80 and last["cs"] == 0x73 and last["uss"] == 0x7B
 
 
+def test_drop_translations_through_the_kernel_alias():
+    """The block worker wrote new code: the Host finds the page at kernel_address + pa
+    through the PAE tables (here the pgd's top entry maps 0xC0000000 to physical 0)."""
+    g = make(7, entries=[(PMD3, PT0 | 0x67)])
+    try:
+        g.mem[0x1E0000:0x1E0006] = b"\xb8\x11\x01\x00\x00\xc3"
+        assert g.read() == 0x111
+        g.mem[0x1E0000:0x1E0006] = b"\xb8\x22\x02\x00\x00\xc3"
+        assert g.read() == 0x111                          # stale translation, as expected
+        g.lg.drop_translations(0x1E0000, 6)
+        assert g.read() == 0x222
+    finally:
+        g.close()
+
+
 def pte(vaddr):
     return PT0 + 8 * ((vaddr >> 12) & 511)
 

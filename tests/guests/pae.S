@@ -15,7 +15,7 @@
 #define NXPAGE 0x1f0000
 	.data
 scen_table:
-	.long s_set_pte, s_set_pmd, s_set_pgd, s_switcher, s_nx, s_user, s_kill
+	.long s_set_pte, s_set_pmd, s_set_pgd, s_switcher, s_nx, s_user, s_kill, s_smc
 	.text
 
 /* Read 0x1fd000, repoint its PTE at 0x1fc000 behind unicorn's back, read again (stale),
@@ -145,3 +145,13 @@ s_kill:
 	jz poweroff
 	movl (%ebx), %eax
 	jmp poweroff
+
+/* 7: call the function the test wrote at physical 0x1e0000, NOTIFY what it returned,
+ * over and over (code written behind unicorn's back, as by the block worker). */
+s_smc:
+	call init
+	HC LHCALL_NEW_PGTABLE, $PGD
+1:	movl $0x1e0000, %eax
+	call *%eax
+	NOTIFY %eax
+	jmp 1b
