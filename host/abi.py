@@ -108,7 +108,6 @@ _PAGE_USER = 0x004
 _PAGE_ACCESSED = 0x020
 _PAGE_DIRTY = 0x040
 _PAGE_PSE = 0x080
-_PAGE_NX = 1 << 63          # PAE entries only: execute-disable (honoured with EFER.NXE)
 _PAGE_TABLE = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED | _PAGE_DIRTY
 
 PAGE_SIZE = 4096

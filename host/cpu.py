@@ -24,15 +24,16 @@ PTE pointing into this region still can't write it (read-only region): unicorn s
 with a memory error and the Guest dies.  Accessed bits are preset everywhere so the CPU
 never needs to write these pages.
 """
+
 import ctypes
 
 from unicorn import UC_ARCH_X86, UC_MODE_32, UC_PROT_ALL, UC_PROT_READ, Uc
 from unicorn import x86_const as X
 
 from .abi import (EFER_NX, GDT_ENTRIES, GUEST_CS, GUEST_DS, GUEST_PL, MSR_EFER, PAGE_SIZE,
-                  PTRS_PER_PTE_PAE, SWITCHER_ADDR, SWITCHER_PMD_INDEX, X86_CR0_ET, X86_CR0_MP, X86_CR0_NE, X86_CR0_PE, X86_CR0_PG, X86_CR0_WP,
-                  X86_CR4_OSFXSR, X86_CR4_OSXMMEXCPT, X86_CR4_PSE, X86_EFLAGS_FIXED,
-                  X86_EFLAGS_IF)
+                  PTRS_PER_PTE_PAE, SWITCHER_ADDR, SWITCHER_PMD_INDEX, X86_CR0_ET, X86_CR0_MP,
+                  X86_CR0_NE, X86_CR0_PE, X86_CR0_PG, X86_CR0_WP, X86_CR4_OSFXSR,
+                  X86_CR4_OSXMMEXCPT, X86_CR4_PSE, X86_EFLAGS_FIXED, X86_EFLAGS_IF)
 
 # The control registers the Guest really ran under were its Linux Host's: protected mode
 # and paging with WP, the FPU in native-error mode, and SSE enabled by the Host (the

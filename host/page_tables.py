@@ -262,7 +262,8 @@ def bad_entry_reason(cpu, paddr):
             if not pmd & _PAGE_PRESENT or pmd in host.switcher_pmds:
                 continue
             big = pmd & PFN_MASK & ~((1 << PMD_SHIFT) - 1)
-            if (pmd & PFN_MASK) == frame or (pmd & _PAGE_PSE and big <= paddr < big + (1 << PMD_SHIFT)):
+            if (pmd & PFN_MASK) == frame or (pmd & _PAGE_PSE
+                                              and big <= paddr < big + (1 << PMD_SHIFT)):
                 return "bad page middle directory entry"
     return "bad page table entry"
 
