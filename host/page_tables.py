@@ -20,12 +20,13 @@ is left for the Host is:
 
 Two kinds of Guest, one Host
 ----------------------------
-A Linux Host was built for one kind of Guest: drivers/lguest used the Host's own
-page-table types, so a CONFIG_X86_PAE Host ran only PAE Guests and a non-PAE Host only
-non-PAE ones.  We learn the kind at run time, from the first table the Guest hands to
-NEW_PGTABLE (see _looks_like_pdpt()), and keep it for good: that is when a PAE Host's
-CPU would have started walking it with CR4.PAE set.  From then on cpu.pae says which
-layout every walk here uses.
+A Linux Host learnt the kind of its Guests when it was built: drivers/lguest used the
+Host's own page-table types, so a CONFIG_X86_PAE Host ran only PAE Guests (its CPU ran
+them with CR4.PAE set) and a non-PAE Host only non-PAE ones.  We learn it at run time,
+from what the Guest does: the first table it hands to NEW_PGTABLE, where its own tables
+first come into play, is either a PAE pgd or a page directory (_looks_like_pdpt()).  We
+set CR4.PAE (and EFER.NXE) to match and keep the answer for good; from then on cpu.pae
+says which layout every walk here uses.
 """
 
 import struct
@@ -41,8 +42,8 @@ _PMD_PAGE = struct.Struct("<%dQ" % PTRS_PER_PMD)
 
 # One mask finds the frame in both kinds of entry: a non-PAE entry is below 2**32.
 PFN_MASK = PTE_PFN_MASK_PAE
-# Bits a PAE top-level entry can't have (Intel's "reserved" PDPTE bits: RW, US, PWT's
-# neighbours A, D, PS, G; and everything above the physical address bits, NX included).
+# Bits a PAE top-level entry can't have (Intel's "reserved" PDPTE bits: RW, US, A, D, PS
+# and G; and everything above the physical address bits, NX included).
 _PDPTE_RESERVED = 0x1E6 | ~(PTE_PFN_MASK_PAE | 0xFFF) & 0xFFFFFFFFFFFFFFFF
 
 
