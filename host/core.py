@@ -23,7 +23,6 @@ import time
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
 from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
 
 from . import hypercalls, page_tables, segments
 from . import interrupts_and_traps as it
@@ -32,17 +31,10 @@ from .abi import (_PAGE_TABLE, GUEST_PL, IDT_ENTRIES, LD_CR2, LGUEST_IRQS, LGUES
 from .channel import Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .tsc import TscRate
-from .ucinternals import (CS_SELECTOR_WORD, EAX, EBX, ECX, EDX, ESI, R_CS, R_DS, R_ES, R_FS,
-                          R_GS)
 
 UNTIL = 1 << 40               # an emu_start() end address the Guest can never reach
 _U32 = struct.Struct("<I")
 
-_SEG_REGS = ((R_DS, X.UC_X86_REG_DS), (R_ES, X.UC_X86_REG_ES),
-             (R_FS, X.UC_X86_REG_FS), (R_GS, X.UC_X86_REG_GS))
-
-# uc_ctl() codes, encoded as the binding does: (op << 30) | (nargs << 26) | ctl
-_CTL_TLB_FLUSH = (UCC.UC_CTL_IO_WRITE << 30) | UCC.UC_CTL_TLB_FLUSH
 
 
 class GuestDied(Exception):
@@ -152,21 +144,20 @@ class Guest:
 
     # --- CPU control registers -------------------------------------------------------
     def tlb_flush(self):
-        uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
+        self.ui.flush_tlb()
 
     def set_cr3(self, val):
-        self.ui.reg_write(X.UC_X86_REG_CR3, val)
+        self.ui.cr3 = val
 
     def set_cr4(self, val):
         self.cr4 = val
-        self.ui.reg_write(X.UC_X86_REG_CR4, val)
+        self.ui.cr4 = val
 
     def set_ts(self, ts):
         """LHCALL_TS: the Guest's CR0.TS, which makes its FPU use trap with #NM."""
         if bool(ts) != bool(self.ts):
-            cr0 = self.ui.reg_read(X.UC_X86_REG_CR0)
-            cr0 = cr0 | X86_CR0_TS if ts else cr0 & ~X86_CR0_TS
-            self.ui.reg_write(X.UC_X86_REG_CR0, cr0)
+            cr0 = self.ui.cr0
+            self.ui.cr0 = cr0 | X86_CR0_TS if ts else cr0 & ~X86_CR0_TS
         self.ts = ts
 
     def reload_segments(self):
@@ -174,10 +165,10 @@ class Guest:
         every entry; a selector that no longer loads kills with the Switcher's words."""
         self.gdt_changed = False
         ui = self.ui
-        for seg, reg in _SEG_REGS:
-            sel = ui.selector(seg)
-            if sel & ~3 and ui.reg_write(reg, sel):
-                self.kill_guest("unhandled trap 256 at %#x (%#x)" % (ui.q[16] & 0xFFFFFFFF, 0))
+        for seg in ("ds", "es", "fs", "gs"):
+            sel = getattr(ui, seg)
+            if sel & ~3 and ui.load_seg(seg, sel):
+                self.kill_guest("unhandled trap 256 at %#x (%#x)" % (ui.eip, 0))
                 return
 
     # --- hooks: lguest_arch_handle_trap() --------------------------------------------
@@ -227,12 +218,10 @@ class Guest:
 
     def _hook_intr(self, intno):
         ui = self.ui
-        if intno == LGUEST_TRAP_ENTRY and (ui.d[CS_SELECTOR_WORD] & 3) == GUEST_PL:
+        if intno == LGUEST_TRAP_ENTRY and (ui.cs & 3) == GUEST_PL:
             # The hypercall, from the Guest kernel.  struct hcall_args maps over the
             # registers: eax, ebx, ecx, edx, esi.
-            q = ui.q
-            self.hcall = (q[EAX] & 0xFFFFFFFF, q[EBX] & 0xFFFFFFFF, q[ECX] & 0xFFFFFFFF,
-                          q[EDX] & 0xFFFFFFFF, q[ESI] & 0xFFFFFFFF)
+            self.hcall = ui.hcall_args()
             hypercalls.do_hypercalls(self)
             self._after_exit()
             return
@@ -248,13 +237,13 @@ class Guest:
         real Host.  Too privileged a gate is a #GP with error code (n << 3) | 2 at the
         int instruction itself."""
         ui = self.ui
-        next_eip = ui.q[16] & 0xFFFFFFFF
-        if ui.cpl() > it.gate_dpl(self, num):
+        next_eip = ui.eip
+        if ui.cpl > it.gate_dpl(self, num):
             # "int n" is CD nn; int3 (CC) and into (CE) are one byte.
             insn = next_eip - 2
             if self._peek_byte(insn) != 0xCD or self._peek_byte(insn + 1) != num:
                 insn = next_eip - 1
-            ui.q[16] = insn
+            ui.eip = insn
             self.handle_trap(13, (num << 3) | 2)
             return
         if num >= 32:
@@ -269,7 +258,7 @@ class Guest:
         if num == 7 and not self.ts:
             return
         if num == 14 and self.lguest_data is not None:
-            self.write_u32(self.lguest_data + LD_CR2, ui.cr(2))
+            self.write_u32(self.lguest_data + LD_CR2, ui.cr2)
         if not it.deliver_trap(self, num, 0):
             self._unhandled(num, 0)
 
@@ -280,7 +269,7 @@ class Guest:
             if errcode == 0 and self.emulate_insn():
                 return
         elif trapnum == 14:
-            cr2 = ui.cr(2) & 0xFFFFFFFF
+            cr2 = ui.cr2
             if not self.linear_pages and not self._check_gpgd(cr2):
                 return
             if self.lguest_data is not None:
@@ -309,7 +298,7 @@ class Guest:
 
     def _unhandled(self, trapnum, info):
         self.kill_guest("unhandled trap %li at %#x (%#x)"
-                        % (trapnum, self.ui.q[16] & 0xFFFFFFFF, info & 0xFFFFFFFF))
+                        % (trapnum, self.ui.eip, info & 0xFFFFFFFF))
 
     def emulate_insn(self):
         """Emulate the few instructions that #GP at ring 1; mirrors emulate_insn().
@@ -319,15 +308,15 @@ class Guest:
         Returns True if done.  (unicorn itself never faults on in/out: see _hook_in.)
         """
         ui = self.ui
-        eip = ui.q[16] & 0xFFFFFFFF
-        if (ui.selector(R_CS) & 3) != GUEST_PL:
+        eip = ui.eip
+        if (ui.cs & 3) != GUEST_PL:
             return False
         physaddr = page_tables.guest_pa(self, eip)
         insn = self._rd8(physaddr)
         if self.dead is not None:
             return False
         if insn == 0xFA:                       # cli
-            ui.q[16] = eip + 1
+            ui.eip = eip + 1
             return True
         if insn == 0x0F and not it.idt_present(*self.idt[13]):
             # rdmsr/wrmsr before the Guest has any #GP handler.  Our departure from
@@ -339,12 +328,12 @@ class Guest:
             # a #GP gate it gets the #GP, as it did on the real Host (rdmsr_safe).
             op2 = self._rd8(physaddr + 1)
             if op2 == 0x32:                    # rdmsr: edx:eax = 0
-                ui.q[EAX] = 0
-                ui.q[EDX] = 0
-                ui.q[16] = eip + 2
+                ui.eax = 0
+                ui.edx = 0
+                ui.eip = eip + 2
                 return True
             if op2 == 0x30:                    # wrmsr: ignored
-                ui.q[16] = eip + 2
+                ui.eip = eip + 2
                 return True
         insnlen = 0
         small = False
@@ -368,13 +357,13 @@ class Guest:
         else:
             return False
         if is_in:
-            eax = ui.q[EAX] & 0xFFFFFFFF
+            eax = ui.eax
             if insn & 1:
                 eax = (eax | 0xFFFF) if small else 0xFFFFFFFF
             else:
                 eax |= 0xFF
-            ui.q[EAX] = eax
-        ui.q[16] = eip + insnlen
+            ui.eax = eax
+        ui.eip = eip + insnlen
         return True
 
     def _peek_byte(self, vaddr):
@@ -436,7 +425,7 @@ class Guest:
                     return
             self.kill_guest("bad page table entry")
             return
-        where = paddr if paddr is not None else self.ui.q[16] & 0xFFFFFFFF
+        where = paddr if paddr is not None else self.ui.eip
         if access in (UCC.UC_MEM_WRITE_UNMAPPED, UCC.UC_MEM_WRITE_PROT):
             self.kill_guest("bad write address %#x len %u" % (where, 4))
         else:
@@ -488,7 +477,7 @@ class Guest:
             self.stop_asked = False
             ui.clear_exception_state()
             try:
-                self.uc.emu_start(ui.q[16] & 0xFFFFFFFF, UNTIL)
+                self.uc.emu_start(ui.eip, UNTIL)
             except UcError as e:
                 self._memory_death(e)
             except Exception as e:    # a hook went wrong: still one clean line
@@ -506,7 +495,7 @@ class Guest:
                 # even with no new event: the thread may raise it just after we took
                 # the event it belongs to, between its two stores.)
                 self.kill_guest("unhandled trap 8 at %#x (0): triple fault"
-                                % (ui.q[16] & 0xFFFFFFFF))
+                                % ui.eip)
         raise GuestDied(self.dead, self.poweroff, self.restart)
 
     def collect_events(self):
@@ -565,13 +554,13 @@ class Guest:
             self.uc.ctl_flush_tb()
             return
         ui = self.ui
-        cpl = ui.cpl()
+        cpl = ui.cpl
         if cpl != GUEST_PL:
-            ui.set_cpl(GUEST_PL)      # translate as the kernel: the alias is supervisor
+            ui.cpl = GUEST_PL      # translate as the kernel: the alias is supervisor
         try:
             self.uc.ctl_remove_cache(vaddr, vaddr + (end - page))
         finally:
             if cpl != GUEST_PL:
-                ui.set_cpl(cpl)
+                ui.cpl = cpl
             # A failed walk inside unicorn leaves a fault "in flight": forget it.
             ui.clear_exception_state()

@@ -22,11 +22,16 @@ def test_unicorn_self_check_passes_and_reads_live_state():
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     ui = ucinternals.UcInternals(uc)
     uc.reg_write(X.UC_X86_REG_EBX, 0xABCDEF01)
-    assert ui.q[ucinternals.EBX] == 0xABCDEF01
-    ui.q[ucinternals.ESI] = 0x1234
+    assert ui.ebx == 0xABCDEF01
+    ui.esi = 0x1234
     assert uc.reg_read(X.UC_X86_REG_ESI) == 0x1234
-    ui.set_cpl(3)
-    assert ui.cpl() == 3
+    ui.eip = 0x1_0000_2000                              # a 32-bit register keeps 32 bits
+    assert uc.reg_read(X.UC_X86_REG_EIP) == 0x2000 == ui.eip
+    uc.reg_write(X.UC_X86_REG_EAX, 1)
+    uc.reg_write(X.UC_X86_REG_EDX, 4)
+    assert ui.hcall_args() == (1, 0xABCDEF01, uc.reg_read(X.UC_X86_REG_ECX), 4, 0x1234)
+    ui.cpl = 3
+    assert ui.cpl == 3
 
 
 def test_unicorn_version_mismatch_is_refused(monkeypatch):
@@ -39,10 +44,13 @@ def test_unicorn_version_mismatch_is_refused(monkeypatch):
 
 
 def test_bad_layout_is_refused(monkeypatch):
+    """A CPU state whose fields are not where we expect them (here: all 8 bytes off)."""
     from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
-    monkeypatch.setattr(ucinternals, "OFF_CR", ucinternals.OFF_CR + 8)
-    with pytest.raises(ucinternals.UnicornMismatch):
+    locate = ucinternals._locate_env
+    monkeypatch.setattr(ucinternals, "_locate_env", lambda uc: locate(uc) + 8)
+    with pytest.raises(ucinternals.UnicornMismatch) as e:
         ucinternals.UcInternals(Uc(UC_ARCH_X86, UC_MODE_32))
+    assert "general registers are not where expected" in str(e.value)
 
 
 def test_protocol_errors():
