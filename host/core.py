@@ -18,7 +18,6 @@ that way.  The hook stops the emulation only when the Launcher must see somethin
 
 import errno
 import struct
-import time
 
 from unicorn import UcError
 from unicorn import unicorn_const as UCC
@@ -28,7 +27,7 @@ from . import hypercalls, page_tables, segments
 from . import interrupts_and_traps as it
 from .abi import (_PAGE_TABLE, GUEST_PL, IDT_ENTRIES, LD_CR2, LGUEST_IRQS, LGUEST_TRAP_ENTRY,
                   PAGE_SIZE, SWITCHER_ADDR, X86_CR0_TS, X86_CR4_PSE)
-from .channel import Channel
+from .channel import BREAK, TIMER, WAKER_GONE, Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .tsc import TscRate
 
@@ -86,7 +85,6 @@ class Guest:
         self.dead = None
         self.poweroff = self.restart = False
         self.break_out = False
-        self.waker_died = False
         self.esp1 = self.ss1 = self.stack_pages = 0
         self.linear_pages = True
         self.pgdir = 0
@@ -102,6 +100,7 @@ class Guest:
         setup_regs(self.uc, self.ui, start)
         self.cr4 = HOST_CR4 | X86_CR4_PSE
         self.channel = Channel(self.uc)
+        self.events = self.channel.events
         self._install_hooks()
 
     # --- Guest memory: lgread/lgwrite and friends ------------------------------------
@@ -188,20 +187,15 @@ class Guest:
         """What the top of run_guest() does before re-entering the Guest, done inline in
         the hook when nothing needs the Launcher: deliver interrupts, or else stop."""
         if (self.dead is not None or self.pending_notify or self.hcall is not None
-                or self.channel.kick_gen != self.channel.kick_seen):
-            self._stop()
+                or self.events.pending()):
+            self._stop()              # let the run loop take the events the proper way
             return
         if self.gdt_changed:
             self.reload_segments()
-        ch = self.channel
-        dl = ch.deadline
-        if dl is not None and time.monotonic() >= dl:
-            self._stop()              # let the run loop take the timer the proper way
-            return
         if self.irqs_pending:
             it.deliver_interrupts(self)
             if self.irqs_pending:
-                ch.request_recheck()
+                self.channel.request_recheck()
         if self.halted or self.dead is not None:
             self._stop()
 
@@ -447,10 +441,14 @@ class Guest:
                 hypercalls.do_hypercalls(self)
             if self.pending_notify:
                 return self.pending_notify
-            self.collect_events()
+            ev = self.events.take()
+            if ev & TIMER:
+                it.set_interrupt(self, 0)
+            if ev & BREAK:
+                self.break_out = True
             if self.break_out:
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-            if self.waker_died:
+            if ev & WAKER_GONE:
                 raise WakerDied("the Waker has gone away")
             irq, more = it.interrupt_pending(self)
             if irq < LGUEST_IRQS:
@@ -468,11 +466,10 @@ class Guest:
                 # soon even if the Guest makes no hypercall, as a host tick would have.
                 ch.request_recheck()
 
-            # Into the Guest.  Lower the stop flag before the last look at the events:
-            # an event the thread raises after this look finds the flag up again and
-            # stops the engine at its first block boundary.
-            ch.stop_request.clear()
-            if ch.kick_gen != ch.kick_seen:
+            # Into the Guest.  Lower the stop request before the last look at the
+            # events (see Events).
+            self.events.stop.clear()
+            if self.events.pending():
                 continue
             self.stop_asked = False
             ui.clear_exception_state()
@@ -487,52 +484,22 @@ class Guest:
                 if not isinstance(e, Exception):
                     raise e           # KeyboardInterrupt, SystemExit: not ours to eat
                 self.kill_guest("Host error: %s: %s" % (type(e).__name__, e))
-            if (not self.stop_asked and ch.kick_gen == ch.kick_seen
-                    and not ch.stop_request.is_set()
+            if (not self.stop_asked and not self.events.stop.is_set()
                     and self.dead is None and not self.halted and not self.pending_notify):
                 # Nobody asked it to stop: unicorn's triple fault (a fault it could not
-                # deliver) ends emu_start() quietly.  (A raised stop flag is a reason
-                # even with no new event: the thread may raise it just after we took
-                # the event it belongs to, between its two stores.)
+                # deliver) ends emu_start() quietly.  (A raised stop request is a
+                # reason even with no new event: see Events.)
                 self.kill_guest("unhandled trap 8 at %#x (0): triple fault"
                                 % ui.eip)
         raise GuestDied(self.dead, self.poweroff, self.restart)
 
-    def collect_events(self):
-        """Take what the helper thread saw: timer -> IRQ 0, BREAK, Waker gone."""
-        ch = self.channel
-        g = ch.kick_gen
-        dl = ch.deadline
-        if g == ch.kick_seen and (dl is None or time.monotonic() < dl):
-            return
-        with ch.lock:
-            if ch.deadline is not None and time.monotonic() >= ch.deadline:
-                ch.deadline = None
-                ch.timer_fired = True
-            if ch.timer_fired:
-                ch.timer_fired = False
-                self.irqs_pending |= 1
-            if ch.break_flag:
-                ch.break_flag = False
-                self.break_out = True
-            if ch.waker_gone:
-                self.waker_died = True
-            ch.kick_seen = g
-
     def sleep(self):
-        """HALT: sleep until an interrupt we can deliver, a BREAK, the clock or death.
-        No busy loop: the helper thread sets ch.wake."""
-        ch = self.channel
-        ch.start()
-        ch.wake.clear()
-        self.collect_events()
-        if self.break_out or self.waker_died:
-            return
-        irq, _ = it.interrupt_pending(self)
-        if irq < LGUEST_IRQS:
-            return
-        ch.wake.wait()
-        self.collect_events()
+        """HALT: sleep until an interrupt we can deliver or an event (the clock, BREAK,
+        the Waker gone) arrives; the helper thread sets events.wake.  No busy loop."""
+        ev = self.events
+        ev.wake.clear()                               # set_current_state(INTERRUPTIBLE)
+        if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
+            ev.wake.wait()                            # schedule()
         # The Guest's clock is lguest_data.time: freshen it after a sleep.
         it.write_timestamp(self)
 

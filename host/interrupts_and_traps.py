@@ -171,6 +171,8 @@ def try_deliver_interrupt(cpu, irq, more):
 
 def deliver_interrupts(cpu):
     """The top of the run_guest() loop: deliver the first pending interrupt, if any."""
+    if not cpu.irqs_pending:
+        return
     irq, more = interrupt_pending(cpu)
     if irq < LGUEST_IRQS:
         try_deliver_interrupt(cpu, irq, more)
@@ -258,11 +260,8 @@ def guest_set_clockevent(cpu, delta):
     re-arms with interrupts off all the time (nohz idle entry, hrtimer_start), so
     without this the tick could silently go missing.
     """
-    ch = cpu.channel
-    dl = ch.deadline
-    if dl is not None and time.monotonic() >= dl:
+    if cpu.channel.set_clockevent(delta):
         set_interrupt(cpu, 0)
-    ch.set_clockevent(delta)
 
 
 def _s32(v):
