@@ -137,3 +137,50 @@ def test_no_traceback_from_hook_errors(monkeypatch):
         assert died.reason.startswith("Host error: ZeroDivisionError")
     finally:
         g.close()
+
+
+def _faulting_engine(hook):
+    """A scratch engine dividing by zero, each #DE going to hook(ui, uc, intno)."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    ui = ucinternals.UcInternals(uc)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")            # xor %ecx,%ecx; div %ecx
+    uc.hook_add(UC_HOOK_INTR, lambda uc, intno, ud: hook(ui, uc, intno))
+    uc.emu_start(0x1000, 0x2000)
+    return ui
+
+
+def test_triple_fault_is_read_from_unicorns_own_state():
+    """Three faults with nobody clearing the one in flight: QEMU's check_exception()
+    makes the second a #DF and the third a triple fault, and emu_start() just returns.
+    triple_faulted() tells that stop from any other."""
+    seen = []
+    ui = _faulting_engine(lambda ui, uc, intno: seen.append(intno))
+    assert seen == [0, 8] and ui.triple_faulted()
+
+    # The same faults, each cleared as the Host's hooks do, and a stop on the third.
+    seen.clear()
+
+    def clearing(ui, uc, intno):
+        ui.clear_exception_state()
+        seen.append(intno)
+        if len(seen) == 3:
+            uc.emu_stop()
+    ui = _faulting_engine(clearing)
+    assert seen == [0, 0, 0] and not ui.triple_faulted()
+
+
+def test_triple_fault_kills_the_guest_by_name(monkeypatch):
+    """A Host whose hooks left faults in flight would see the Guest triple-fault: the
+    run loop names it from unicorn's state."""
+    from host import x86_core
+    monkeypatch.setattr(x86_core, "handle_trap", lambda cpu, trapnum, errcode: None)
+    monkeypatch.setattr(ucinternals.UcInternals, "clear_exception_state", lambda self: None)
+    g = TinyGuest("smc", 0, start=0x7F0000)
+    try:
+        g.mem[0x7F0000] = 0xF4                           # hlt: #GP(0) at ring 1
+        notes, died = g.run()
+        assert died.reason == "unhandled trap 8 at 0x7f0000 (0): triple fault"
+    finally:
+        g.close()
