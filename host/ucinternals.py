@@ -147,8 +147,10 @@ class UcInternals(ctypes.Structure):
                                     read and written in place, no API call, ~25 ns
       ui.cs, ui.ss, ui.ds ...       the selectors.  Read only: a load needs QEMU's
                                     descriptor checks, ui.load_seg("ss", selector)
-      ui.eflags, ui.cr0, cr3, cr4   read and written through the register API, which
-                                    does what the CPU does (lazy flags, TLB flush...)
+      ui.eflags                     through the register API (the condition codes are
+                                    computed lazily, not kept in env)
+      ui.cr0, ui.cr3, ui.cr4        read in env, written through the register API, which
+                                    does what a mov to %cr does (TLB flush, hflags)
       ui.cr2                        the faulting address of the last #PF
       ui.cpl                        the privilege level (QEMU keeps it in hflags)
       ui.hcall_args()               (eax, ebx, ecx, edx, esi): struct hcall_args
