@@ -72,12 +72,15 @@ class Channel:
         self.uc = uc
         self.stop_request = StopRequest(uc)
         self.lock = threading.Lock()
-        self.kick_gen = 0          # written by the thread only
+        self.kick_gen = 0          # written by the thread (and set_interrupt...), under .lock
         self.kick_seen = 0         # written by the main loop only
         self.break_flag = False
         self.waker_gone = False
         self.timer_fired = False
         self.deadline = None       # time.monotonic() of the clock event, or None
+        # From other threads (the 3.16 /dev/lguest protocol, host/lguest_socket.py):
+        self.irqs = 0              # LHREQ_IRQ bits not yet folded into irqs_pending
+        self.dirty = []            # (gpa, length) written behind the CPU's back
         self.recheck = None        # time.monotonic() to stop the Guest and look again
         self._thread_deadline = None
         self.breaks_received = 0   # thread
@@ -169,6 +172,35 @@ class Channel:
         if self._ctl_w is not None and (td is None or t < td):
             self._poke()
 
+    # --- other threads' side (the 3.16 protocol: the Launcher's device threads) -----
+    def set_interrupt(self, irq):
+        """LHREQ_IRQ from a thread other than the run loop's: mirrors set_interrupt()
+        in interrupts_and_traps.c -- the bit, then a kick out of the Guest (or out of
+        HALT).  The run loop folds the bit into irqs_pending (collect_events)."""
+        with self.lock:
+            self.irqs |= 1 << irq
+            self._kick_locked()
+
+    def foreign_write(self, gpa, length):
+        """Another process wrote Guest-physical [gpa, gpa+length) (a block read by
+        the C Launcher's thread): the run loop drops unicorn's translations there
+        before it delivers any interrupt that follows."""
+        with self.lock:
+            self.dirty.append((gpa, length))
+            self._kick_locked()
+
+    def signal_pending(self):
+        """The task reading /dev/lguest has gone: like a fatal signal, which made
+        run_guest() return -ERESTARTSYS, this makes the run loop return EAGAIN."""
+        with self.lock:
+            self.break_flag = True
+            self._kick_locked()
+
+    def _kick_locked(self):
+        self.kick_gen += 1
+        self.stop_request.set()
+        self.wake.set()
+
     def release_waker(self):
         """LHREQ_BREAK, 0: let every blocked BREAK writer go."""
         n = self.breaks_received - self.breaks_released
@@ -224,8 +256,7 @@ class Channel:
                 if self.recheck is not None and now >= self.recheck:
                     self.recheck = None
                     new = True
-            if new:
-                # Order matters: the event first, then the flag (see the docstring).
-                self.kick_gen += 1
-                self.stop_request.set()
-                self.wake.set()
+                if new:
+                    # Order matters: the event first, then the flag (see the
+                    # docstring).  Under the lock: other threads kick too.
+                    self._kick_locked()

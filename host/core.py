@@ -17,6 +17,7 @@ that way.  The hook stops the emulation only when the Launcher must see somethin
 """
 
 import errno
+import os
 import struct
 import time
 
@@ -37,6 +38,7 @@ from .ucinternals import (CS_SELECTOR_WORD, EAX, EBX, ECX, EDX, ESI, R_CS, R_DS,
 
 UNTIL = 1 << 40               # an emu_start() end address the Guest can never reach
 _U32 = struct.Struct("<I")
+_EVENTFD_ONE = (1).to_bytes(8, "little")    # eventfd_signal(ctx, 1)
 
 _SEG_REGS = ((R_DS, X.UC_X86_REG_DS), (R_ES, X.UC_X86_REG_ES),
              (R_FS, X.UC_X86_REG_FS), (R_GS, X.UC_X86_REG_GS))
@@ -89,6 +91,7 @@ class Guest:
         self.halted = False
         self.ts = 0
         self.pending_notify = 0
+        self.eventfds = ()            # ((address, eventfd), ...): LHREQ_EVENTFD (3.16)
         self.hcall = None
         self.next_hcall = 0
         self.dead = None
@@ -145,6 +148,21 @@ class Guest:
         self.kill_guest("bad read address %#x len %u" % (addr & 0xFFFFFFFF, length))
         return bytes(length)
 
+    def send_notify_to_eventfd(self):
+        """A NOTIFY of an address the Launcher attached an eventfd to (LHREQ_EVENTFD,
+        the 3.16 protocol) signals that eventfd -- the virtqueue's thread wakes -- and
+        never reaches the Launcher's read().  Mirrors send_notify_to_eventfd() in
+        lguest_user.c: the first entry for the address wins.  Returns True if taken."""
+        for addr, fd in self.eventfds:
+            if addr == self.pending_notify:
+                try:
+                    os.write(fd, _EVENTFD_ONE)
+                except OSError:
+                    pass              # its thread is gone: nobody to tell
+                self.pending_notify = 0
+                return True
+        return False
+
     def kill_guest(self, reason):
         """Mark the Guest dead; the first reason given wins.  Mirrors kill_guest()."""
         if self.dead is None:
@@ -196,6 +214,8 @@ class Guest:
     def _after_exit(self):
         """What the top of run_guest() does before re-entering the Guest, done inline in
         the hook when nothing needs the Launcher: deliver interrupts, or else stop."""
+        if self.pending_notify and self.eventfds:
+            self.send_notify_to_eventfd()
         if (self.dead is not None or self.pending_notify or self.hcall is not None
                 or self.channel.kick_gen != self.channel.kick_seen):
             self._stop()
@@ -457,7 +477,9 @@ class Guest:
             if self.hcall is not None and not self.pending_notify:
                 hypercalls.do_hypercalls(self)
             if self.pending_notify:
-                return self.pending_notify
+                if not self.send_notify_to_eventfd():
+                    return self.pending_notify
+                continue              # an eventfd took it; a hypercall behind it runs now
             self.collect_events()
             if self.break_out:
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
@@ -510,7 +532,8 @@ class Guest:
         raise GuestDied(self.dead, self.poweroff, self.restart)
 
     def collect_events(self):
-        """Take what the helper thread saw: timer -> IRQ 0, BREAK, Waker gone."""
+        """Take what the helper thread saw: timer -> IRQ 0, BREAK, Waker gone; and
+        what other threads sent (3.16 protocol): LHREQ_IRQ bits, foreign writes."""
         ch = self.channel
         g = ch.kick_gen
         dl = ch.deadline
@@ -528,7 +551,17 @@ class Guest:
                 self.break_out = True
             if ch.waker_gone:
                 self.waker_died = True
+            dirty = ch.dirty
+            if dirty:
+                ch.dirty = []
+            if ch.irqs:
+                self.irqs_pending |= ch.irqs
+                ch.irqs = 0
             ch.kick_seen = g
+        # Before any interrupt that follows them is delivered: the Guest may run the
+        # code a device thread just read in.
+        for gpa, length in dirty:
+            self.drop_translations(gpa, length)
 
     def sleep(self):
         """HALT: sleep until an interrupt we can deliver, a BREAK, the clock or death.

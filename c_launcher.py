@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Run the Linux 3.16 C Launcher, unmodified, on pylguest's Host.
+
+    c_launcher.py [--launcher=PATH] <the C Launcher's own arguments>
+
+    .venv/bin/python c_launcher.py --block=images/disk.img --initrd=initrd.cpio.gz \\
+        64 ../shared/linux/vmlinux console=hvc0
+
+PATH defaults to ../shared/linux/lguest-launcher-3.16-dynamic: tools/lguest/lguest.c of
+Linux 3.16 built for i386 against glibc.  Everything after it is the C Launcher's
+command line (see its usage; `--tunnet=IP[:MAC]`, `--block=`, `--initrd=`, `--rng`...).
+
+Processes (see README "The C Launcher on our Host"):
+
+  this process   the Host: host/lguest_socket.py serves /dev/lguest, the Guest runs
+                 here on unicorn, as it ran inside the Launcher's read() in the kernel
+  its child      the C Launcher, with shim/lguest-shim.so preloaded (LD_PRELOAD): its
+                 open("/dev/lguest") reaches us through the socket it inherits
+                 (LGUEST_HOST_FD); its Guest memory is a memfd we map too
+  their children the Launcher's device threads (clone(CLONE_VM)), one per virtqueue
+
+The exit status is the C Launcher's (a Guest power-off is its "errx(1, ...)": 1), or
+128+N if signal N ended it.  Signals sent to us go on to the Launcher; whatever it leaves
+behind (device threads of a killed Launcher) is killed; the terminal is put back.
+"""
+
+import os
+import signal
+import socket
+import sys
+import termios
+import threading
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_LAUNCHER = os.path.join(os.path.dirname(ROOT), "shared", "linux",
+                                "lguest-launcher-3.16-dynamic")
+SHIM = os.path.join(ROOT, "shim", "lguest-shim.so")
+I386_LOADER = "/lib/ld-linux.so.2"
+PR_SET_CHILD_SUBREAPER = 36
+FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+
+
+def die(msg):
+    sys.stderr.write("lguest: %s\n" % msg)
+    sys.exit(1)
+
+
+def is_dynamic(path):
+    """True if the ELF file has a PT_INTERP: LD_PRELOAD only reaches those."""
+    from elftools.elf.elffile import ELFFile
+    from elftools.common.exceptions import ELFError
+    try:
+        with open(path, "rb") as fh:
+            return any(seg.header.p_type == "PT_INTERP"
+                       for seg in ELFFile(fh).iter_segments())
+    except (OSError, ELFError):
+        return False
+
+
+def check(launcher):
+    if not os.access(launcher, os.X_OK):
+        die("no C Launcher at %s (give --launcher=PATH; see ../shared/linux/README.md)"
+            % launcher)
+    if not is_dynamic(launcher):
+        die("%s is not a dynamically linked ELF program: the shim reaches only those "
+            "(LD_PRELOAD); see README" % launcher)
+    if not os.path.exists(I386_LOADER):
+        die("the i386 C Launcher needs Debian's libc6-i386 (%s is missing; make "
+            "installs it)" % I386_LOADER)
+    if not os.path.exists(SHIM):
+        die("%s is missing: run make" % SHIM)
+
+
+def kill_leftovers():
+    """Kill what the Launcher left behind.  We are a child subreaper, so the device
+    threads of a Launcher that died without reaping them are our children now; we
+    never had any other children."""
+    import psutil
+    for p in psutil.Process().children(recursive=True):
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return
+        except InterruptedError:
+            continue
+
+
+def main(argv):
+    launcher = DEFAULT_LAUNCHER
+    if argv and argv[0].startswith("--launcher="):
+        launcher = os.path.abspath(argv.pop(0)[len("--launcher="):])
+    check(launcher)
+    sys.path.insert(0, ROOT)
+    from host.lguest_socket import LguestServer
+
+    import ctypes
+    ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    try:
+        saved_term = termios.tcgetattr(0)
+    except termios.error:
+        saved_term = None
+
+    host_sock, their_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [SHIM, env.get("LD_PRELOAD")]))
+    env["LGUEST_HOST_FD"] = str(their_end.fileno())
+
+    # Signals for us are for the Launcher: a no-op handler keeps us alive, the wakeup
+    # fd tells the watcher thread at once (the main thread may be deep in the Guest).
+    sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    for sig in FORWARDED:
+        signal.signal(sig, lambda *_: None)
+    signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
+
+    import subprocess
+    try:
+        proc = subprocess.Popen([launcher] + argv, pass_fds=[their_end.fileno()],
+                                env=env)
+    except OSError as e:
+        die("can't run %s: %s" % (launcher, e.strerror))
+    their_end.close()
+    pidfd = os.pidfd_open(proc.pid)
+    server = LguestServer(host_sock)
+    status = []
+
+    def watch():
+        import select
+        while True:
+            ready, _, _ = select.select([pidfd, sig_r], [], [])
+            if sig_r in ready:
+                for sig in os.read(sig_r, 64):
+                    try:
+                        signal.pidfd_send_signal(pidfd, sig)
+                    except ProcessLookupError:
+                        pass
+            if pidfd in ready:
+                status.append(proc.wait())
+                kill_leftovers()
+                server.shutdown()
+                return
+
+    threading.Thread(target=watch, name="lguest-watch", daemon=True).start()
+    server.serve()
+    if saved_term is not None:
+        try:
+            termios.tcsetattr(0, termios.TCSANOW, saved_term)
+        except termios.error:
+            pass
+    rc = status[0] if status else 1
+    return 128 - rc if rc < 0 else rc
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
