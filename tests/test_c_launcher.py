@@ -1,0 +1,118 @@
+"""The Linux 3.16 C Launcher, unmodified, on pylguest's Host (issue 18), end to end.
+
+c_launcher.py runs ../shared/linux/lguest-launcher-3.16-dynamic with our preload shim;
+it boots ../shared/linux/vmlinux on a busybox initramfs whose /init (below) reads and
+writes /dev/vda, echoes a line typed on the console, pings the host over eth0 when
+there is one, and powers off.  We judge what the user sees: the Guest's lines, the C
+Launcher's own death message and status, the disk image, and no process left behind.
+"""
+import hashlib
+import os
+import subprocess
+import uuid
+
+import psutil
+import pytest
+
+from conftest import PYTHON, ROOT
+from bench.initramfs import base_initramfs, overlay_initramfs
+from bench.net import NetNS, net_unavailable
+
+SHARED = ROOT.parent / "shared" / "linux"
+C_LAUNCHER = SHARED / "lguest-launcher-3.16-dynamic"
+KERNEL = SHARED / "vmlinux"
+SHIM = ROOT / "shim" / "lguest-shim.so"
+HOST_IP, GUEST_IP = "10.218.3.1", "10.218.3.2"
+MARK = b"written by the Guest of the C Launcher\n"
+
+pytestmark = [
+    pytest.mark.skipif(not (C_LAUNCHER.exists() and KERNEL.exists()),
+                       reason="no ../shared/linux (the C Launcher and a Linux kernel)"),
+    pytest.mark.skipif(base_initramfs() is None, reason="no busybox initramfs to build on"),
+]
+
+INIT = r"""#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+echo "CL init $(cut -d' ' -f1 /proc/uptime)"
+echo "CL vda $(head -c 1048576 /dev/vda | md5sum)"
+echo "%(mark)s" | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null
+read -t 20 line && echo "CL got $line"
+if [ -e /sys/class/net/eth0 ]; then
+    ip addr add %(guest)s/24 dev eth0 && ip link set eth0 up
+    ping -c 3 -W 10 %(host)s >/dev/null && echo "CL ping ok"
+fi
+poweroff -f
+""" % {"mark": MARK.decode().strip(), "guest": GUEST_IP, "host": HOST_IP}
+
+
+@pytest.fixture(scope="module")
+def initrd(tmp_path_factory):
+    if not SHIM.exists():
+        subprocess.run(["make", "-s", "-C", str(ROOT), "shim/lguest-shim.so"], check=True)
+    return overlay_initramfs(INIT, str(tmp_path_factory.mktemp("cl")))
+
+
+def boot(tmp_path, initrd, net_ns=None, timeout=120):
+    """Boot with the C Launcher; returns (CompletedProcess, disk path, md5 of its
+    first MiB before the boot, tag).  Every process of the run carries the tag in its
+    environment, so leftovers can be found."""
+    disk = tmp_path / "disk.img"
+    disk.write_bytes(os.urandom(4 << 20))
+    md5 = hashlib.md5(disk.read_bytes()[:1 << 20]).hexdigest()
+    tag = uuid.uuid4().hex
+    args = [PYTHON, str(ROOT / "c_launcher.py"), "--launcher=%s" % C_LAUNCHER,
+            "--block=%s" % disk, "--initrd=%s" % initrd]
+    if net_ns is not None:
+        args.append("--tunnet=%s" % HOST_IP)
+    args += ["64", str(KERNEL), "console=hvc0"]
+    if net_ns is not None:
+        args = net_ns.argv(args)
+    env = dict(os.environ, PYLGUEST_TEST_TAG=tag)
+    proc = subprocess.run(args, input="hello from the host\n", capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT, env=env)
+    return proc, disk, md5, tag
+
+
+def leftovers(tag):
+    out = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("PYLGUEST_TEST_TAG") == tag:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def check_boot(proc, disk, md5, tag):
+    out, err = proc.stdout, proc.stderr
+    assert "Traceback" not in out + err, err
+    assert "CL init" in out, out[-3000:] + err
+    assert "Booting paravirtualized kernel on lguest" in out
+    # The device threads served the block device: what the Guest read is the image,
+    # and what it wrote is in the file.
+    assert "CL vda %s" % md5 in out, out[-2000:]
+    with open(disk, "rb") as fh:
+        fh.seek(2048 * 512)
+        assert fh.read(len(MARK)) == MARK
+    assert os.path.getsize(disk) == 4 << 20
+    # Console input reached the Guest; its output reached us.
+    assert "CL got hello from the host" in out
+    # Power-off is a Guest death to the C Launcher: errx(1, "%s", reason) after
+    # read() said ENOENT and then gave the reason.
+    assert proc.returncode == 1, err
+    assert "lguest-launcher-3.16-dynamic: CRASH: Power down" in err
+    assert leftovers(tag) == []
+
+
+def test_c_launcher_boots_linux_with_block_and_console(tmp_path, initrd):
+    check_boot(*boot(tmp_path, initrd))
+
+
+@pytest.mark.skipif(net_unavailable() is not None, reason=net_unavailable() or "")
+def test_c_launcher_networks_in_a_namespace(tmp_path, initrd):
+    with NetNS("lgc") as ns:
+        proc, disk, md5, tag = boot(tmp_path, initrd, net_ns=ns)
+        check_boot(proc, disk, md5, tag)
+        assert "CL ping ok" in proc.stdout, proc.stdout[-2000:]
