@@ -19,9 +19,12 @@ Processes (see README "The C Launcher on our Host"):
                  (LGUEST_HOST_FD); its Guest memory is a memfd we map too
   their children the Launcher's device threads (clone(CLONE_VM)), one per virtqueue
 
-The exit status is the C Launcher's (a Guest power-off is its "errx(1, ...)": 1), or
-128+N if signal N ended it.  Signals sent to us go on to the Launcher; whatever it leaves
-behind (device threads of a killed Launcher) is killed; the terminal is put back.
+The Launcher gets a process group of its own, and the terminal's foreground if we had
+it, as a shell gives a job: when one of its threads dies it kill(0, SIGTERM)s its group,
+which must not reach whoever started us.  The exit status is the C Launcher's (a Guest
+power-off is its "errx(1, ...)": 1), or 128+N if signal N ended it.  Signals sent to us
+go on to the Launcher's group; whatever it leaves behind (device threads of a killed
+Launcher) is killed; the terminal is put back.
 """
 
 import os
@@ -90,6 +93,25 @@ def kill_leftovers():
             continue
 
 
+def foreground():
+    """True if we own the terminal on stdin (its foreground process group)."""
+    try:
+        return os.tcgetpgrp(0) == os.getpgrp()
+    except OSError:
+        return False
+
+
+def take_terminal(pgid):
+    """tcsetpgrp() from a background group stops us with SIGTTOU unless ignored."""
+    old = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        os.tcsetpgrp(0, pgid)
+    except OSError:
+        pass
+    finally:
+        signal.signal(signal.SIGTTOU, old)
+
+
 def main(argv):
     launcher = DEFAULT_LAUNCHER
     if argv and argv[0].startswith("--launcher="):
@@ -104,6 +126,14 @@ def main(argv):
         saved_term = termios.tcgetattr(0)
     except termios.error:
         saved_term = None
+    tty_job = foreground()
+
+    def new_job():
+        # In the child, before exec (no threads exist yet): a group of its own, in the
+        # terminal's foreground if we had it, so its tcsetattr() and reads work.
+        os.setpgid(0, 0)
+        if tty_job:
+            take_terminal(os.getpgrp())
 
     host_sock, their_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     env = dict(os.environ)
@@ -120,7 +150,7 @@ def main(argv):
     import subprocess
     try:
         proc = subprocess.Popen([launcher] + argv, pass_fds=[their_end.fileno()],
-                                env=env)
+                                env=env, preexec_fn=new_job)
     except OSError as e:
         die("can't run %s: %s" % (launcher, e.strerror))
     their_end.close()
@@ -135,8 +165,8 @@ def main(argv):
             if sig_r in ready:
                 for sig in os.read(sig_r, 64):
                     try:
-                        signal.pidfd_send_signal(pidfd, sig)
-                    except ProcessLookupError:
+                        os.killpg(proc.pid, sig)
+                    except OSError:
                         pass
             if pidfd in ready:
                 status.append(proc.wait())
@@ -146,6 +176,8 @@ def main(argv):
 
     threading.Thread(target=watch, name="lguest-watch", daemon=True).start()
     server.serve()
+    if tty_job:
+        take_terminal(os.getpgrp())
     if saved_term is not None:
         try:
             termios.tcsetattr(0, termios.TCSANOW, saved_term)
