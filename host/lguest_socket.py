@@ -144,8 +144,8 @@ class LguestServer:
                 break
             try:
                 job()
-            except Exception as e:       # never a traceback: one line, and EIO
-                os.write(2, ("lguest: Host error: %s: %s\n" % (type(e).__name__, e)).encode())
+            except Exception as e:       # never a traceback: one line (the job answered EIO)
+                _host_error(e)
         self._io.join(2.0)
         for conn in list(self.conns.values()):
             conn.sock.close()
@@ -186,14 +186,15 @@ class LguestServer:
             conn.reply(ret)
 
     def _job_read(self, conn, size, offset):
+        ret = -errno.EIO
         try:
             ret = conn.file.lg.read(size, offset, conn.pid)
         finally:
             conn.busy = False
-        if isinstance(ret, bytes):
-            conn.reply(len(ret), ret)
-        else:
-            conn.reply(ret)
+            if isinstance(ret, bytes):
+                conn.reply(len(ret), ret)
+            else:
+                conn.reply(ret)
 
     def _job_drop(self, conn):
         conn.sock.close()
@@ -223,7 +224,12 @@ class LguestServer:
                 elif host_open and fd == self.host_sock.fileno():
                     host_open = self._host_message()
                 elif fd in self.conns:
-                    self._conn_message(self.conns[fd])
+                    conn = self.conns[fd]
+                    try:
+                        self._conn_message(conn)
+                    except Exception as e:    # a bug of ours: one line, EIO, carry on
+                        _host_error(e)
+                        conn.reply(-errno.EIO)
 
     def _recv(self, sock):
         """One message: (bytes, [fds]); (b"", []) at end of file."""
@@ -334,3 +340,7 @@ class LguestServer:
             for other in list(f.conns):
                 self._lose(other)
             self.jobs.put(lambda: self._release(f))
+
+
+def _host_error(e):
+    os.write(2, ("lguest: Host error: %s: %s\n" % (type(e).__name__, e)).encode())
