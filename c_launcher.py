@@ -27,9 +27,12 @@ go on to the Launcher's group; whatever it leaves behind (device threads of a ki
 Launcher) is killed; the terminal is put back.
 """
 
+import ctypes
 import os
+import select
 import signal
 import socket
+import subprocess
 import sys
 import termios
 import threading
@@ -48,25 +51,30 @@ def die(msg):
     sys.exit(1)
 
 
-def is_dynamic(path):
-    """True if the ELF file has a PT_INTERP: LD_PRELOAD only reaches those."""
-    from elftools.elf.elffile import ELFFile
+def elf_kind(path):
+    """(i386?, dynamically linked?) of an ELF program: the shim is an i386 library,
+    and LD_PRELOAD reaches only programs with a PT_INTERP."""
     from elftools.common.exceptions import ELFError
+    from elftools.elf.elffile import ELFFile
     try:
         with open(path, "rb") as fh:
-            return any(seg.header.p_type == "PT_INTERP"
-                       for seg in ELFFile(fh).iter_segments())
+            elf = ELFFile(fh)
+            return (elf["e_machine"] == "EM_386",
+                    any(seg.header.p_type == "PT_INTERP" for seg in elf.iter_segments()))
     except (OSError, ELFError):
-        return False
+        return False, False
 
 
 def check(launcher):
     if not os.access(launcher, os.X_OK):
         die("no C Launcher at %s (give --launcher=PATH; see ../shared/linux/README.md)"
             % launcher)
-    if not is_dynamic(launcher):
-        die("%s is not a dynamically linked ELF program: the shim reaches only those "
-            "(LD_PRELOAD); see README" % launcher)
+    i386, dynamic = elf_kind(launcher)
+    if not i386:
+        die("%s is not an i386 ELF program (the C Launcher is)" % launcher)
+    if not dynamic:
+        die("%s is statically linked: the shim reaches only dynamically linked "
+            "programs (LD_PRELOAD); see README" % launcher)
     if not os.path.exists(I386_LOADER):
         die("the i386 C Launcher needs Debian's libc6-i386 (%s is missing; make "
             "installs it)" % I386_LOADER)
@@ -112,6 +120,45 @@ def take_terminal(pgid):
         signal.signal(signal.SIGTTOU, old)
 
 
+def spawn(launcher, argv, their_end, tty_job):
+    """Start the C Launcher with the shim and its end of the Host socket, as a job."""
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [SHIM, env.get("LD_PRELOAD")]))
+    env["LGUEST_HOST_FD"] = str(their_end.fileno())
+
+    def new_job():
+        # In the child, before exec (we have no threads yet): a group of its own, in the
+        # terminal's foreground if we had it, so its tcsetattr() and reads work.
+        os.setpgid(0, 0)
+        if tty_job:
+            take_terminal(os.getpgrp())
+
+    try:
+        return subprocess.Popen([launcher] + argv, pass_fds=[their_end.fileno()],
+                                env=env, preexec_fn=new_job)
+    except OSError as e:
+        die("can't run %s: %s" % (launcher, e.strerror))
+
+
+def watch(proc, sig_r, server, status):
+    """The watcher thread: passes our signals on to the Launcher's group; when the
+    Launcher has exited, kills what it left and shuts the Host down."""
+    pidfd = os.pidfd_open(proc.pid)
+    while True:
+        ready, _, _ = select.select([pidfd, sig_r], [], [])
+        if sig_r in ready:
+            for sig in os.read(sig_r, 64):
+                try:
+                    os.killpg(proc.pid, sig)
+                except OSError:
+                    pass
+        if pidfd in ready:
+            status.append(proc.wait())
+            kill_leftovers()
+            server.shutdown()
+            return
+
+
 def main(argv):
     launcher = DEFAULT_LAUNCHER
     if argv and argv[0].startswith("--launcher="):
@@ -120,25 +167,12 @@ def main(argv):
     sys.path.insert(0, ROOT)
     from host.lguest_socket import LguestServer
 
-    import ctypes
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
         saved_term = termios.tcgetattr(0)
     except termios.error:
         saved_term = None
     tty_job = foreground()
-
-    def new_job():
-        # In the child, before exec (no threads exist yet): a group of its own, in the
-        # terminal's foreground if we had it, so its tcsetattr() and reads work.
-        os.setpgid(0, 0)
-        if tty_job:
-            take_terminal(os.getpgrp())
-
-    host_sock, their_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    env = dict(os.environ)
-    env["LD_PRELOAD"] = " ".join(filter(None, [SHIM, env.get("LD_PRELOAD")]))
-    env["LGUEST_HOST_FD"] = str(their_end.fileno())
 
     # Signals for us are for the Launcher: a no-op handler keeps us alive, the wakeup
     # fd tells the watcher thread at once (the main thread may be deep in the Guest).
@@ -147,35 +181,15 @@ def main(argv):
         signal.signal(sig, lambda *_: None)
     signal.set_wakeup_fd(sig_w, warn_on_full_buffer=False)
 
-    import subprocess
-    try:
-        proc = subprocess.Popen([launcher] + argv, pass_fds=[their_end.fileno()],
-                                env=env, preexec_fn=new_job)
-    except OSError as e:
-        die("can't run %s: %s" % (launcher, e.strerror))
+    host_sock, their_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    proc = spawn(launcher, argv, their_end, tty_job)
     their_end.close()
-    pidfd = os.pidfd_open(proc.pid)
     server = LguestServer(host_sock)
     status = []
-
-    def watch():
-        import select
-        while True:
-            ready, _, _ = select.select([pidfd, sig_r], [], [])
-            if sig_r in ready:
-                for sig in os.read(sig_r, 64):
-                    try:
-                        os.killpg(proc.pid, sig)
-                    except OSError:
-                        pass
-            if pidfd in ready:
-                status.append(proc.wait())
-                kill_leftovers()
-                server.shutdown()
-                return
-
-    threading.Thread(target=watch, name="lguest-watch", daemon=True).start()
+    threading.Thread(target=watch, args=(proc, sig_r, server, status),
+                     name="lguest-watch", daemon=True).start()
     server.serve()
+
     if tty_job:
         take_terminal(os.getpgrp())
     if saved_term is not None:

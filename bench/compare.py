@@ -99,7 +99,7 @@ def main():
     ap.add_argument("--kernel", default=os.path.join(SHARED, "vmlinux"))
     ap.add_argument("--c-launcher", default=os.path.join(SHARED,
                                                          "lguest-launcher-3.16-dynamic"))
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--mem", type=int, default=64)
     ap.add_argument("--disk-mb", type=int, default=32)
     ap.add_argument("--console-kb", type=int, default=512)
