@@ -45,6 +45,7 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <signal.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -274,11 +275,22 @@ static int conn_for(struct lgfile *f)
 	if (fd < 0)
 		return -1;
 	if (free_slot < 0) {
-		for (i = 0; i < MAX_CONNS; i++)
-			if (__sync_bool_compare_and_swap(&conns[i].pid, 0, me))
+		/* A free slot, or one of a task that is gone (reset_device() kills
+		 * device threads; start_device() makes new ones). */
+		int saved = errno;
+		for (i = 0; i < MAX_CONNS; i++) {
+			pid_t p = conns[i].pid;
+			if ((p == 0 || (kill(p, 0) < 0 && errno == ESRCH)) &&
+			    __sync_bool_compare_and_swap(&conns[i].pid, p, me))
 				break;
-		if (i == MAX_CONNS)
-			return fd;	/* no room to remember it: still works */
+		}
+		errno = saved;
+		if (i == MAX_CONNS) {
+			say("too many tasks writing /dev/lguest");
+			real_close(fd);
+			errno = ENOMEM;
+			return -1;
+		}
 		free_slot = i;
 	}
 	conns[free_slot].ino = 0;
