@@ -390,8 +390,8 @@ static ssize_t lg_read(struct lgfile *f, void *buf, size_t count, off64_t off)
 }
 
 /*
- * Tell the Host that [addr, addr+len) of Guest memory was written by a read()
- * from a file: one-way, on this process's connection, so it reaches the Host
+ * Tell the Host that parts of Guest memory were written by a read() from a
+ * file: one-way messages on this process's connection, so they reach the Host
  * before any LHREQ_IRQ this thread sends for the request.
  */
 static void note_dma(const struct iovec *iov, int n, ssize_t done, int srcfd)
@@ -399,33 +399,40 @@ static void note_dma(const struct iovec *iov, int n, ssize_t done, int srcfd)
 	struct { uint64_t addr, len; } __attribute__((packed)) rng[MAX_DMA];
 	struct lgs_req rq = { .op = LGS_DMA };
 	struct lgfile *f = NULL;
-	struct stat st;
-	int i, k = 0, sock;
+	int i, k = 0, sock = -1, saved = errno;
 
 	for (i = 0; i < MAX_FILES; i++)
 		if (files[i].id && files[i].base)
 			f = &files[i];
-	if (!f || done <= 0)
+	if (!f)
 		return;
-	for (i = 0; i < n && done > 0 && k < MAX_DMA; i++) {
+	for (i = 0; i < n && done > 0; i++) {
 		uintptr_t a = (uintptr_t)iov[i].iov_base;
 		size_t l = iov[i].iov_len < (size_t)done ? iov[i].iov_len : (size_t)done;
 		done -= l;
 		if (!l || a < f->base || a - f->base >= f->limit)
 			continue;
+		if (sock < 0) {
+			/* Only files hold code; a tap or a terminal only brings data. */
+			struct stat st;
+			if (fstat(srcfd, &st) != 0 ||
+			    !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)) ||
+			    (sock = conn_for(f)) < 0)
+				break;
+		}
 		rng[k].addr = a;
 		rng[k].len = l;
-		k++;
+		if (++k == MAX_DMA) {
+			rq.size = k;
+			send_msg(sock, &rq, rng, k * sizeof(rng[0]), -1);
+			k = 0;
+		}
 	}
-	if (!k)
-		return;
-	/* Only files hold code; a tap or a terminal only brings data. */
-	if (fstat(srcfd, &st) != 0 || !(S_ISREG(st.st_mode) || S_ISBLK(st.st_mode)))
-		return;
-	if ((sock = conn_for(f)) < 0)
-		return;
-	rq.size = k;
-	send_msg(sock, &rq, rng, k * sizeof(rng[0]), -1);
+	if (k) {
+		rq.size = k;
+		send_msg(sock, &rq, rng, k * sizeof(rng[0]), -1);
+	}
+	errno = saved;
 }
 
 /* --- The libc entry points we stand in front of ---------------------------- */
