@@ -6,12 +6,13 @@ The Linux kernel unpacks every archive it finds in the initrd, one after another
 later file replaces an earlier one.  So we take a base initramfs that has busybox and
 append a second gzip'd "newc" cpio archive holding only our /init.
 
-The base is the project's images/linux-initrd.cpio.gz when it is there (issue 11's
-Makefile target), else the throwaway one in /work/helpers (a busybox at /bin/busybox).
+The base is the project's images/linux-initrd.cpio.gz (issue 11's Makefile target, made
+here when missing), else the throwaway one in /work/helpers (a busybox at /bin/busybox).
 """
 
 import gzip
 import os
+import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BASES = (os.path.join(ROOT, "images", "linux-initrd.cpio.gz"),
@@ -19,7 +20,11 @@ BASES = (os.path.join(ROOT, "images", "linux-initrd.cpio.gz"),
 
 
 def base_initramfs():
-    """Path of a busybox initramfs to build on, or None."""
+    """Path of a busybox initramfs to build on, or None.  The project's is made first
+    (its Makefile target) if it is missing; a tree without that target falls back."""
+    if not os.path.exists(BASES[0]):
+        subprocess.run(["make", "-s", "-C", ROOT, os.path.relpath(BASES[0], ROOT)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for path in BASES:
         if os.path.exists(path):
             return path

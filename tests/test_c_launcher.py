@@ -30,8 +30,6 @@ MARK = b"written by the Guest of the C Launcher\n"
 
 pytestmark = pytest.mark.skipif(not (C_LAUNCHER.exists() and KERNEL.exists()),
                                 reason="no ../shared/linux (the C Launcher and a Linux kernel)")
-needs_initramfs = pytest.mark.skipif(base_initramfs() is None,
-                                     reason="no busybox initramfs to build on")
 
 INIT = r"""#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -57,6 +55,8 @@ def shim():
 
 @pytest.fixture(scope="module")
 def initrd(tmp_path_factory, shim):
+    if base_initramfs() is None:
+        pytest.skip("no busybox initramfs to build on (bench/initramfs.py)")
     return overlay_initramfs(INIT, str(tmp_path_factory.mktemp("cl")))
 
 
@@ -133,12 +133,10 @@ def check_boot(proc, disk, md5, tag):
     assert leftovers(tag) == []
 
 
-@needs_initramfs
 def test_c_launcher_boots_linux_with_block_and_console(tmp_path, initrd):
     check_boot(*boot(tmp_path, initrd))
 
 
-@needs_initramfs
 @pytest.mark.skipif(net_unavailable() is not None, reason=net_unavailable() or "")
 def test_c_launcher_networks_in_a_namespace(tmp_path, initrd):
     with NetNS("lgc") as ns:
