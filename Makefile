@@ -13,13 +13,21 @@ LABEL   := pylguest
 MEM_MB  := 64
 SHIM    := shim/lguest-shim.so
 
-# The C Launcher (Linux 3.16 tools/lguest) and what `make run-c` boots with it.
-# INITRD: the project's initramfs once it exists (issue 11), else a helper's.
-C_LAUNCHER ?= ../shared/linux/lguest-launcher-3.16-dynamic
-KERNEL     ?= ../shared/linux/vmlinux
-INITRD     ?= $(firstword $(wildcard images/linux-initrd.cpio.gz /work/helpers/quick-initrd.cpio.gz))
+# Real Linux (README "Running Linux"): our initramfs, and a kernel from
+# KERNEL=, by default the shared test kernel beside the repository.
+INITRD     := images/linux-initrd.cpio.gz
+LINUX_DIR  := ../shared/linux
+KERNEL     ?= $(wildcard $(LINUX_DIR)/vmlinux)
+LINUX_MEM  ?= 64
+LINUX_ARGS ?=
+LINUX_SRC  ?=
+LINUX_OUT  ?= build/linux
 
-.PHONY: all run run-c test bench guest clean distclean i386-libc
+# The Linux 3.16 C Launcher, for `make run-c`.
+C_LAUNCHER ?= $(LINUX_DIR)/lguest-launcher-3.16-dynamic
+
+.PHONY: all run run-linux run-c linux-kernel-given test bench guest linux-initrd linux-config linux-kernel
+.PHONY: clean distclean i386-libc
 
 all: $(STAMP) $(GUEST) $(DISK) $(SHIM)
 
@@ -58,19 +66,43 @@ i386-libc:
 	    { echo "make: cannot install libc6-i386 and libc6-dev-i386 (needs root and Debian's apt-get): install them by hand"; exit 1; }; \
 	fi
 
+# Debian's busybox-static for i386 and our /init, packed by cpio; the .deb
+# is downloaded once into images/cache/.
+linux-initrd $(INITRD): tools/linux-initrd.sh $(shell find images/linux-init -type f)
+	tools/linux-initrd.sh $(INITRD)
+
 run: all
 	$(PY) launcher.py --block=$(DISK) $(MEM_MB) $(GUEST)
+
+# A shell on your terminal in a Linux Guest; `poweroff -f` (or exit) ends it.
+# The kernel is checked first: no point fetching busybox without one.
+run-linux: linux-kernel-given all $(INITRD)
+	$(PY) launcher.py --block=$(DISK) --initrd=$(INITRD) $(LINUX_MEM) $(KERNEL) console=hvc0 $(LINUX_ARGS)
+
+linux-kernel-given:
+	@if [ -z "$(KERNEL)" ]; then echo "make run-linux: no kernel: give KERNEL=path/to/vmlinux-or-bzImage (build one: make linux-kernel LINUX_SRC=path/to/linux-3.x, see README \"Running Linux\")" >&2; exit 1; fi
+	@if [ ! -f "$(KERNEL)" ]; then echo "make run-linux: no kernel file $(KERNEL)" >&2; exit 1; fi
+
+# A Guest kernel from a Linux 3.x tree of yours (README "Running Linux").
+linux-config:
+	tools/linux-kernel.sh --config-only "$(LINUX_SRC)" "$(LINUX_OUT)"
+
+linux-kernel:
+	tools/linux-kernel.sh "$(LINUX_SRC)" "$(LINUX_OUT)"
+
+# With the shared Linux kernels at hand, tests/test_linux.py boots them with
+# our initramfs, so it is made first.
+LINUX_TEST_DEPS := $(if $(wildcard $(LINUX_DIR)/vmlinux $(LINUX_DIR)/bzImage),$(INITRD))
 
 # The Linux 3.16 C Launcher, unmodified, on pylguest's Host (c_launcher.py).  It
 # exits 1 after every Guest death, a power-off too (errx(1, "CRASH: Power down")):
 # only other statuses (a signal, 128+N) fail the target.
-run-c: all
-	@[ -e "$(C_LAUNCHER)" ] && [ -e "$(KERNEL)" ] || { echo "make run-c: needs $(C_LAUNCHER) and $(KERNEL) (see ../shared/linux/README.md)"; exit 1; }
-	@[ -n "$(INITRD)" ] || { echo "make run-c: no initramfs: give INITRD=file.cpio.gz"; exit 1; }
-	$(PY) c_launcher.py --launcher=$(C_LAUNCHER) --block=$(DISK) --initrd=$(INITRD) $(MEM_MB) $(KERNEL) console=hvc0 || [ $$? -eq 1 ]
+run-c: linux-kernel-given all $(INITRD)
+	@[ -e "$(C_LAUNCHER)" ] || { echo "make run-c: no C Launcher at $(C_LAUNCHER): give C_LAUNCHER= (see ../shared/linux/README.md)" >&2; exit 1; }
+	$(PY) c_launcher.py --launcher=$(C_LAUNCHER) --block=$(DISK) --initrd=$(INITRD) $(LINUX_MEM) $(KERNEL) console=hvc0 $(LINUX_ARGS) || [ $$? -eq 1 ]
 
 # pytest exits 5 when it collected nothing: that is a failure for us too.
-test: all
+test: all $(LINUX_TEST_DEPS)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 bench: all
@@ -78,7 +110,7 @@ bench: all
 
 clean:
 	$(MAKE) -C guest clean
-	rm -f $(DISK) $(SHIM)
+	rm -f $(DISK) $(INITRD) $(SHIM)
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) images/cache
