@@ -3,20 +3,20 @@
 
     .venv/bin/python bench/compare.py [--kernel K] [--runs N] [--disk-mb M] [--console-kb C]
 
-Boots ../shared/linux/vmlinux (64 MiB, console=hvc0, one virtio block device, a busybox
-initramfs whose /init is ours) with launcher.py and with the Linux 3.16 C Launcher
-(c_launcher.py), and prints for each:
+Boots ../shared/linux/vmlinux (64 MiB, console=hvc0, the project's initramfs running
+the script below from a second disk) with launcher.py and with the Linux 3.16 C
+Launcher (c_launcher.py), and prints for each:
 
-  boot       wall seconds from starting the Launcher to /init's first line, and the
-             Guest's own /proc/uptime there
+  boot       wall seconds from starting the Launcher to /init's first line ("pyl: init
+             uptime=..."), and the Guest's own /proc/uptime there
   block      sequential read of the whole disk (dd bs=64k of /dev/vda, cold Guest cache)
              and a write of it (dd conv=fsync), MB/s
   console    MB/s of text the Guest writes to hvc0 and the Launcher copies to its stdout
 
 Times are taken on the host as the marker lines arrive on the Launcher's stdout.  The
 runs alternate between the Launchers; the best of --runs is shown, and the last column
-is C / ours from the same runs.  Needs ../shared/linux (kernel and C Launcher) and a
-busybox initramfs (bench/initramfs.py).
+is C / ours from the same runs.  Needs ../shared/linux (kernel and C Launcher) and the
+project's initramfs (made by make, bench/linux_guest.py).
 """
 
 import argparse
@@ -29,16 +29,12 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-from bench.initramfs import overlay_initramfs  # noqa: E402
+from bench.linux_guest import initramfs, script_image  # noqa: E402
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared", "linux")
 PYTHON = sys.executable
 
-INIT = r"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-echo "BENCH init $(cut -d' ' -f1 /proc/uptime)"
-echo BENCH blk-read
+SCRIPT = r"""echo BENCH blk-read
 dd if=/dev/vda of=/dev/null bs=64k 2>/dev/null
 echo BENCH blk-write
 dd if=/dev/zero of=/dev/vda bs=64k count=%(blocks)d conv=fsync 2>/dev/null
@@ -46,7 +42,6 @@ echo BENCH con-start
 yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0123456789abc | head -c %(con)d
 echo
 echo BENCH con-end
-poweroff -f
 """
 
 
@@ -67,6 +62,8 @@ def run_one(argv, timeout):
             if line.startswith(b"BENCH "):
                 word, _, rest = line[6:].decode().strip().partition(" ")
                 marks[word] = (time.monotonic(), total, rest)
+            elif line.startswith(b"pyl: init uptime="):
+                marks["init"] = (time.monotonic(), total, line.split(b"=")[1].decode())
         proc.wait()
     finally:
         timer.cancel()
@@ -113,15 +110,15 @@ def main():
 
     with tempfile.TemporaryDirectory(prefix="lgcompare-") as tmp:
         disk_bytes = a.disk_mb << 20
-        init = INIT % {"blocks": disk_bytes >> 16, "con": a.console_kb << 10}
-        initrd = overlay_initramfs(init, tmp)
+        initrd, why = initramfs()
         if initrd is None:
-            print("bench/compare.py: skipped: no busybox initramfs to build on "
-                  "(bench/initramfs.py)")
+            print("bench/compare.py: skipped: no initramfs: %s" % why)
             return
+        script = script_image(os.path.join(tmp, "script.img"), SCRIPT % {
+            "blocks": disk_bytes >> 16, "con": a.console_kb << 10})
         disk = os.path.join(tmp, "disk.img")
-        common = ["--block=" + disk, "--initrd=" + initrd, str(a.mem), a.kernel,
-                  "console=hvc0"]
+        common = ["--block=" + disk, "--block=" + script, "--initrd=" + initrd, str(a.mem),
+                  a.kernel, "console=hvc0", "pyl.script=vdb"]
         who = {
             "pylguest Launcher": [PYTHON, os.path.join(ROOT, "launcher.py")] + common,
             "C Launcher (3.16)": [PYTHON, os.path.join(ROOT, "c_launcher.py"),

@@ -2,10 +2,11 @@
 
 Our own guest kernel's test modes pass under the C Launcher's devices.  And
 c_launcher.py runs ../shared/linux/lguest-launcher-3.16-dynamic with our preload shim;
-it boots ../shared/linux/vmlinux on a busybox initramfs whose /init (below) reads and
-writes /dev/vda, echoes a line typed on the console, pings the host over eth0 when
-there is one, and powers off.  We judge what the user sees: the Guest's lines, the C
-Launcher's own death message and status, the disk image, and no process left behind.
+it boots ../shared/linux/vmlinux on the project's initramfs, whose /init runs our
+script (SCRIPT, from a second disk: pyl.script=vdb): it reads and writes /dev/vda,
+echoes a line typed on the console, pings the host over eth0 when there is one; then
+/init powers off.  We judge what the user sees: the Guest's lines, the C Launcher's
+own death message and status, the disk image, and no process left behind.
 """
 import hashlib
 import os
@@ -18,7 +19,7 @@ import psutil
 import pytest
 
 from conftest import PYTHON, ROOT
-from bench.initramfs import base_initramfs, overlay_initramfs
+from bench.linux_guest import initramfs, script_image
 from bench.net import NetNS, net_unavailable
 
 SHARED = ROOT.parent / "shared" / "linux"
@@ -31,19 +32,13 @@ MARK = b"written by the Guest of the C Launcher\n"
 pytestmark = pytest.mark.skipif(not (C_LAUNCHER.exists() and KERNEL.exists()),
                                 reason="no ../shared/linux (the C Launcher and a Linux kernel)")
 
-INIT = r"""#!/bin/busybox sh
-/bin/busybox --install -s /bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-echo "CL init $(cut -d' ' -f1 /proc/uptime)"
-echo "CL vda $(head -c 1048576 /dev/vda | md5sum)"
+SCRIPT = r"""echo "CL vda $(head -c 1048576 /dev/vda | md5sum)"
 echo "%(mark)s" | dd of=/dev/vda bs=512 seek=2048 conv=fsync 2>/dev/null
 read -t 20 line && echo "CL got $line"
-if [ -e /sys/class/net/eth0 ]; then
-    ip addr add %(guest)s/24 dev eth0 && ip link set eth0 up
+if [ -n "$pyl_ip" ]; then
     ping -c 3 -W 10 %(host)s >/dev/null && echo "CL ping ok"
 fi
-poweroff -f
-""" % {"mark": MARK.decode().strip(), "guest": GUEST_IP, "host": HOST_IP}
+""" % {"mark": MARK.decode().strip(), "host": HOST_IP}
 
 
 @pytest.fixture(scope="module")
@@ -54,10 +49,11 @@ def shim():
 
 
 @pytest.fixture(scope="module")
-def initrd(tmp_path_factory, shim):
-    if base_initramfs() is None:
-        pytest.skip("no busybox initramfs to build on (bench/initramfs.py)")
-    return overlay_initramfs(INIT, str(tmp_path_factory.mktemp("cl")))
+def initrd(shim):
+    path, why = initramfs()
+    if path is None:
+        pytest.fail("make images/linux-initrd.cpio.gz: %s" % why)
+    return path
 
 
 def test_our_guest_passes_its_tests_under_the_c_launcher(tmp_path, guest_elf, shim):
@@ -87,12 +83,15 @@ def boot(tmp_path, initrd, net_ns=None, timeout=120):
     disk = tmp_path / "disk.img"
     disk.write_bytes(os.urandom(4 << 20))
     md5 = hashlib.md5(disk.read_bytes()[:1 << 20]).hexdigest()
+    script = script_image(tmp_path / "script.img", SCRIPT)
     tag = uuid.uuid4().hex
     args = [PYTHON, str(ROOT / "c_launcher.py"), "--launcher=%s" % C_LAUNCHER,
-            "--block=%s" % disk, "--initrd=%s" % initrd]
+            "--block=%s" % disk, "--block=%s" % script, "--initrd=%s" % initrd]
     if net_ns is not None:
         args.append("--tunnet=%s" % HOST_IP)
-    args += ["64", str(KERNEL), "console=hvc0"]
+    args += ["64", str(KERNEL), "console=hvc0", "pyl.script=vdb"]
+    if net_ns is not None:
+        args.append("pyl.ip=%s" % GUEST_IP)
     if net_ns is not None:
         args = net_ns.argv(args)
     env = dict(os.environ, PYLGUEST_TEST_TAG=tag)
@@ -115,8 +114,9 @@ def leftovers(tag):
 def check_boot(proc, disk, md5, tag):
     out, err = proc.stdout, proc.stderr
     assert "Traceback" not in out + err, err
-    assert "CL init" in out, out[-3000:] + err
+    assert "pyl: init uptime=" in out, out[-3000:] + err
     assert "Booting paravirtualized kernel on lguest" in out
+    assert "pyl: done vdb status=0" in out, out[-2000:]
     # The device threads served the block device: what the Guest read is the image,
     # and what it wrote is in the file.
     assert "CL vda %s" % md5 in out, out[-2000:]
