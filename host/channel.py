@@ -35,17 +35,23 @@ TIMER = 1                 # the clock event expired: IRQ 0
 BREAK = 2                 # the Waker wrote LHREQ_BREAK 1
 WAKER_GONE = 4            # the Waker's end of the BREAK channel closed
 RECHECK_TICK = 8          # look at still-pending interrupts again
+# From threads other than the helper (the 3.16 protocol, host/lguest_socket.py):
+IRQS = 16                 # LHREQ_IRQ: Events.irqs says which
+FOREIGN_WRITE = 32        # Guest memory written behind the CPU's back: Events.dirty says where
 
 
 class Events:
     """What happened outside the Guest that the run loop must look at: one word of bits
-    (TIMER, BREAK, WAKER_GONE, RECHECK_TICK), raised by the helper thread, taken all at
-    once by the run loop.
+    (TIMER, BREAK, WAKER_GONE, RECHECK_TICK; IRQS and FOREIGN_WRITE), raised by the
+    helper thread (and by the threads serving the 3.16 protocol), taken all at once by
+    the run loop.
 
       raise_(bits)   the thread: add events, then stop the engine and wake a halt
       pending()      the loop: anything to take?  (cheap: asked on every hypercall)
       take() -> bits the loop: every raised event, cleared; WAKER_GONE stays raised,
                      because the Waker stays gone
+      raise_irq(irq), raise_foreign_write(gpa, length)   any thread: with their payload,
+                     which take_irqs() / take_dirty() hand over
 
     The clock event is an event whose time is known: `deadline` (time.monotonic(), or
     None).  Either side turns an expired deadline into TIMER, so the loop does not wait
@@ -70,6 +76,8 @@ class Events:
         self.lock = threading.Lock()
         self.bits = 0
         self.deadline = None
+        self.irqs = 0                 # IRQS: the interrupts other threads asked for
+        self.dirty = []               # FOREIGN_WRITE: (gpa, length) to retranslate
 
     def raise_(self, bits):
         """Raise bits, and TIMER if the clock event has expired (helper thread)."""
@@ -80,6 +88,31 @@ class Events:
             self.bits |= bits
         self.stop.set()               # after the bits: see the class docstring
         self.wake.set()
+
+    def raise_irq(self, irq):
+        """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
+        out of the Guest or out of HALT)."""
+        with self.lock:
+            self.irqs |= 1 << irq
+        self.raise_(IRQS)
+
+    def raise_foreign_write(self, gpa, length):
+        """Another process wrote Guest-physical [gpa, gpa+length) (the C Launcher's
+        block thread): the loop drops unicorn's translations there before it delivers
+        any interrupt that follows."""
+        with self.lock:
+            self.dirty.append((gpa, length))
+        self.raise_(FOREIGN_WRITE)
+
+    def take_irqs(self):
+        with self.lock:
+            irqs, self.irqs = self.irqs, 0
+        return irqs
+
+    def take_dirty(self):
+        with self.lock:
+            dirty, self.dirty = self.dirty, []
+        return dirty
 
     def pending(self):
         """True if take() has something (the run loop, and its hook on every exit)."""
@@ -237,6 +270,20 @@ class Channel:
             td = self._thread_deadline
         if self._ctl_w is not None and (td is None or t < td):
             self._poke()
+
+    # --- other threads' side (the 3.16 protocol: the Launcher's device threads) -----
+    def set_interrupt(self, irq):
+        """LHREQ_IRQ from a thread other than the run loop's (Events.raise_irq)."""
+        self.events.raise_irq(irq)
+
+    def foreign_write(self, gpa, length):
+        """Guest memory another process wrote (Events.raise_foreign_write)."""
+        self.events.raise_foreign_write(gpa, length)
+
+    def signal_pending(self):
+        """The task reading /dev/lguest has gone: like a fatal signal, which made
+        run_guest() return -ERESTARTSYS, a BREAK makes the run loop return EAGAIN."""
+        self.events.raise_(BREAK)
 
     def release_waker(self):
         """LHREQ_BREAK, 0: let every blocked BREAK writer go."""

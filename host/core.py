@@ -19,17 +19,19 @@ must do them itself.
 
 import ctypes
 import errno
+import os
 import struct
 
 from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
-from .channel import BREAK, TIMER, WAKER_GONE, Channel
+from .channel import BREAK, FOREIGN_WRITE, IRQS, TIMER, WAKER_GONE, Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .tsc import TscRate
 from .x86_core import Exit
 
 _U32 = struct.Struct("<I")
+_EVENTFD_ONE = (1).to_bytes(8, "little")    # eventfd_signal(ctx, 1)
 
 
 class GuestDied(Exception):
@@ -86,6 +88,7 @@ class Guest:
         self.hcall = None             # the hypercall's (eax, ebx, ecx, edx, esi)
         self.next_hcall = 0
         self.pending_notify = 0
+        self.eventfds = ()            # ((address, eventfd), ...): LHREQ_EVENTFD (3.16)
         self.halted = False
         self.irqs_pending = 0         # bitmap of LGUEST_IRQS
         self.break_out = False        # LHREQ_BREAK 1, until LHREQ_BREAK 0
@@ -136,6 +139,21 @@ class Guest:
         self.kill_guest("bad read address %#x len %u" % (addr & 0xFFFFFFFF, length))
         return bytes(length)
 
+    def send_notify_to_eventfd(self):
+        """A NOTIFY of an address the Launcher attached an eventfd to (LHREQ_EVENTFD,
+        the 3.16 protocol) signals that eventfd -- the virtqueue's thread wakes -- and
+        never reaches the Launcher's read().  Mirrors send_notify_to_eventfd() in
+        lguest_user.c: the first entry for the address wins.  Returns True if taken."""
+        for addr, fd in self.eventfds:
+            if addr == self.pending_notify:
+                try:
+                    os.write(fd, _EVENTFD_ONE)
+                except OSError:
+                    pass              # its thread is gone: nobody to tell
+                self.pending_notify = 0
+                return True
+        return False
+
     def kill_guest(self, reason):
         """Mark the Guest dead; the first reason given wins.  Mirrors kill_guest()."""
         if self.dead is None:
@@ -170,13 +188,22 @@ class Guest:
             # 1. A hypercall left behind an async NOTIFY runs once the Launcher saw it.
             if self.hcall is not None and not self.pending_notify:
                 hypercalls.do_hypercalls(self)
-            # 2. A NOTIFY is for the Launcher.
+            # 2. A NOTIFY is for the Launcher, unless an eventfd takes it (3.16); then a
+            #    hypercall queued behind it runs now.
             if self.pending_notify:
-                return self.pending_notify
+                if not self.send_notify_to_eventfd():
+                    return self.pending_notify
+                continue
             # 3. "Check for signals": what the helper thread raised.
             ev = self.events.take()
+            if ev & FOREIGN_WRITE:
+                # Before any interrupt that follows: the Guest may run what was read in.
+                for gpa, length in self.events.take_dirty():
+                    self.drop_translations(gpa, length)
             if ev & TIMER:
                 it.set_interrupt(self, 0)
+            if ev & IRQS:
+                self.irqs_pending |= self.events.take_irqs()
             if ev & BREAK:
                 self.break_out = True
             if self.break_out:
@@ -218,7 +245,10 @@ class Guest:
         if self.dead is not None:
             return Exit.DEATH
         if self.pending_notify:                       # 2.
-            return Exit.NOTIFY
+            if not (self.eventfds and self.send_notify_to_eventfd()):
+                return Exit.NOTIFY
+            if self.hcall is not None:                # queued behind it: step 1
+                return Exit.NOTIFY
         if self.events.pending():                     # 3.
             return Exit.EVENT
         if self.irqs_pending:                         # 4.
