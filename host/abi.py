@@ -10,6 +10,8 @@ LHREQ_INITIALIZE = 0        # (base, pfnlimit, start): 3.16 takes no page table 
 LHREQ_GETDMA = 1            # long gone; a write of it is EINVAL
 LHREQ_IRQ = 2               # (irq): make an interrupt pending
 LHREQ_BREAK = 3             # (1): Waker stops the Guest; (0): Launcher releases the Waker
+                            # (2.6.24's protocol; 3.16 says "no longer used": EINVAL)
+LHREQ_EVENTFD = 4           # (address, fd): 3.16; a NOTIFY of address signals the eventfd
 
 # --- Hypercalls (asm/lguest_hcall.h) --------------------------------------------------
 LHCALL_FLUSH_ASYNC = 0

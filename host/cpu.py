@@ -123,7 +123,7 @@ def setup_regs(uc, ui, start):
     uc.reg_write(X.UC_X86_REG_CR0, HOST_CR0)
     # QEMU derives the privilege level from %ss and will only load an %ss of the current
     # level: set the level first, then the segments.
-    ui.set_cpl(GUEST_PL)
+    ui.cpl = GUEST_PL
     for reg in (X.UC_X86_REG_SS, X.UC_X86_REG_DS, X.UC_X86_REG_ES):
         uc.reg_write(reg, GUEST_DS)
     uc.reg_write(X.UC_X86_REG_CS, GUEST_CS)
