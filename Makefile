@@ -7,6 +7,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 GUEST   := guest/guest.elf
+GUEST_PAE := guest/guest-pae.elf
 DISK    := images/disk.img
 DISK_MB := 16
 LABEL   := pylguest
@@ -29,14 +30,15 @@ C_LAUNCHER ?= $(LINUX_DIR)/lguest-launcher-3.16-dynamic
 .PHONY: all run run-linux run-c linux-kernel-given test bench guest linux-initrd linux-config linux-kernel
 .PHONY: clean distclean i386-libc
 
-all: $(STAMP) $(GUEST) $(DISK) $(SHIM)
+all: $(STAMP) $(GUEST) $(GUEST_PAE) $(DISK) $(SHIM)
 
 $(STAMP): requirements.txt
 	$(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
-guest $(GUEST): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/Makefile)
+# One make in guest/ builds both: guest.elf, and guest-pae.elf (PAE page tables).
+guest $(GUEST) $(GUEST_PAE): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/Makefile)
 	$(MAKE) -C guest
 
 # A real ext2 filesystem with a known label and a file in it: the demo prints
@@ -90,9 +92,9 @@ linux-config:
 linux-kernel:
 	tools/linux-kernel.sh "$(LINUX_SRC)" "$(LINUX_OUT)"
 
-# With the shared Linux kernels at hand, tests/test_linux.py boots them with
+# With the shared Linux kernels at hand, tests/test_linux*.py boot them with
 # our initramfs, so it is made first.
-LINUX_TEST_DEPS := $(if $(wildcard $(LINUX_DIR)/vmlinux $(LINUX_DIR)/bzImage),$(INITRD))
+LINUX_TEST_DEPS := $(if $(wildcard $(LINUX_DIR)/vmlinux $(LINUX_DIR)/bzImage $(LINUX_DIR)/vmlinux-pae),$(INITRD))
 
 # The Linux 3.16 C Launcher, unmodified, on pylguest's Host (c_launcher.py).  It
 # exits 1 after every Guest death, a power-off too (errx(1, "CRASH: Power down")):

@@ -83,6 +83,7 @@ class Guest:
         self.ts = 0
         self.esp1 = self.ss1 = 0
         self.linear_pages = True
+        self.pae = False              # learnt at the first NEW_PGTABLE (page_tables.py)
         self.pgdir = 0
         self.cr4 = 0
         self.hcall = None             # the hypercall's (eax, ebx, ecx, edx, esi)

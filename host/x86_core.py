@@ -23,7 +23,7 @@ from unicorn import x86_const as X
 
 from . import hypercalls, page_tables
 from . import interrupts_and_traps as it
-from .abi import _PAGE_TABLE, GUEST_PL, LD_CR2, LGUEST_TRAP_ENTRY, SWITCHER_ADDR
+from .abi import GUEST_PL, LD_CR2, LGUEST_TRAP_ENTRY
 
 UNTIL = 1 << 40               # an emu_start() end address the Guest can never reach
 
@@ -134,7 +134,7 @@ def install_hooks(cpu):
         """The Guest touched memory it doesn't have: remember where, let unicorn stop
         (emu_start() raises UcError: Exit.MEMORY_FAULT)."""
         if cpu.fault is None:
-            cpu.fault = (access, address & 0xFFFFFFFF)
+            cpu.fault = (access, address)     # physical: above 4 GiB too (PAE)
         return False
 
     ui.hook_intr_raw(hook_intr)
@@ -182,7 +182,7 @@ def handle_trap(cpu, trapnum, errcode):
             return
     elif trapnum == 14:
         cr2 = cpu.ui.cr2
-        if not cpu.linear_pages and not _check_gpgd(cpu, cr2):
+        if not page_tables.check_fault(cpu, cr2):
             return
         if cpu.lguest_data is not None:
             cpu.write_u32(cpu.lguest_data + LD_CR2, cr2)
@@ -195,19 +195,6 @@ def handle_trap(cpu, trapnum, errcode):
             return
     if not it.deliver_trap(cpu, trapnum, errcode):
         _unhandled(cpu, trapnum, errcode)
-
-
-def _check_gpgd(cpu, vaddr):
-    """The checks demand_page() made on every fault: a present top-level entry with odd
-    flags or a page table outside the Guest kills "bad page directory entry" (unicorn
-    just read zeroes there and called it a not-present page)."""
-    if vaddr >= SWITCHER_ADDR:
-        return True                   # the Host's own slot: a plain fault for the Guest
-    pgd = cpu.read_u32(cpu.pgdir + (vaddr >> 22) * 4)
-    if pgd & 1 and ((pgd & 0xFFF) & ~_PAGE_TABLE or (pgd >> 12) >= cpu.pfn_limit):
-        cpu.kill_guest("bad page directory entry")
-        return False
-    return True
 
 
 def _unhandled(cpu, trapnum, info):
@@ -284,14 +271,8 @@ def emulate_insn(cpu):
 
 def _peek_byte(cpu, vaddr):
     """The byte at Guest-virtual vaddr, or None; never kills (unlike guest_pa())."""
-    if cpu.linear_pages:
-        pa = vaddr
-    else:
-        ent = page_tables.lookup_pte(cpu, vaddr)
-        if ent is None or not ent[0] & 1 or not ent[1] & 1:
-            return None
-        pa = (ent[1] & 0xFFFFF000) | (vaddr & 0xFFF)
-    return cpu.mem[pa] if 0 <= pa < cpu.mem_limit else None
+    pa = page_tables.lookup_pa(cpu, vaddr)
+    return cpu.mem[pa] if pa is not None and 0 <= pa < cpu.mem_limit else None
 
 
 def _rd8(cpu, addr):
@@ -318,21 +299,13 @@ def memory_death(cpu):
     have given.
 
     unicorn names the *physical* address.  Past NEW_PGTABLE the Guest reached it through
-    its own tables: through a page-directory entry (the address is inside a "page
-    table" outside memory) or a page-table entry, which the real Host refused as "bad
-    page directory entry" / "bad page table entry" in demand_page().
+    its own tables, through an entry the real Host refused in demand_page() ("bad page
+    table entry" and friends: page_tables.bad_entry_reason()).
     """
     access, paddr = cpu.fault if cpu.fault else (None, None)
     cpu.fault = None
     if paddr is not None and not cpu.linear_pages and paddr >= cpu.mem_limit:
-        frame = paddr & 0xFFFFF000
-        pd = cpu.pgdir
-        for i in range(1024):
-            pgd = cpu.u32_at(pd + 4 * i)
-            if pgd & 1 and (pgd & 0xFFFFF000) == frame and i != 1023:
-                cpu.kill_guest("bad page directory entry")
-                return
-        cpu.kill_guest("bad page table entry")
+        cpu.kill_guest(page_tables.bad_entry_reason(cpu, paddr))
         return
     where = paddr if paddr is not None else cpu.ui.eip
     if access in (UCC.UC_MEM_WRITE_UNMAPPED, UCC.UC_MEM_WRITE_PROT):
