@@ -43,12 +43,12 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.linux_guest import initramfs, script_image  # noqa: E402
 from bench.net import (NetNS, flood, icmp_socket, net_unavailable,  # noqa: E402
                        ping, wait_for_reply)
 
 HOST_IP = "10.213.9.1"
 GUEST_IP = "10.213.9.2"
-INITRD = ROOT / "images" / "linux-initrd.cpio.gz"
 DATA_MB = 288               # 256 MiB read, 32 MiB written after it
 
 # (key, label, unit, real lguest, QEMU native, goal) -- from issues 13 and 14.
@@ -135,11 +135,6 @@ case ,$only, in *,net,*)
     fi ;;
 esac
 """
-
-
-def script_image(path, text):
-    data = text.encode()
-    path.write_bytes(data + b"\0" * (-len(data) % 4096))
 
 
 def data_image(path):
@@ -266,7 +261,7 @@ def host_pings(ns, count, flood_secs):
     return got
 
 
-def boot(opts, kernel, data, script, ns):
+def boot(opts, kernel, initrd, data, script, ns):
     """One boot: returns ({key: [values]}, wall s, Launcher CPU s)."""
     args = ["--block=%s" % data, "--block=%s" % script]
     extra = ["pyl.rounds=%d" % opts.rounds, "pyl.only=%s" % ",".join(opts.only),
@@ -275,7 +270,7 @@ def boot(opts, kernel, data, script, ns):
         args.insert(0, "--tunnet=%s" % HOST_IP)
         extra.append("pyl.ip=%s" % GUEST_IP)
     argv = ([sys.executable, str(ROOT / "launcher.py")] + args
-            + ["--initrd=%s" % INITRD, str(opts.mem), str(kernel), "console=hvc0",
+            + ["--initrd=%s" % initrd, str(opts.mem), str(kernel), "console=hvc0",
                "pyl.script=vdb"] + extra)
     if ns is not None:
         argv = ns.argv(argv)
@@ -336,13 +331,11 @@ def main():
     if not kernel.is_file():
         print("bench/linux.py: skipped: no Linux guest kernel at %s (--kernel)" % kernel)
         return 0
-    if not INITRD.is_file():
-        r = subprocess.run(["make", "-s", str(INITRD.relative_to(ROOT))], cwd=ROOT,
-                           capture_output=True, text=True)
-        if r.returncode != 0:
-            print("bench/linux.py: skipped: no initramfs (make images/linux-initrd.cpio.gz: %s)"
-                  % (r.stderr.strip().splitlines() or ["failed"])[-1])
-            return 0
+    initrd, why = initramfs()
+    if initrd is None:
+        print("bench/linux.py: skipped: no initramfs (make images/linux-initrd.cpio.gz: %s)"
+              % why.splitlines()[-1])
+        return 0
     net_why = net_unavailable() if "net" in opts.only else "not asked for"
 
     runs, walls, cpus = [], [], []
@@ -356,9 +349,9 @@ def main():
         for _ in range(opts.boots):
             if net_why is None:
                 with NetNS("lgbl") as ns:
-                    got, wall, cpu = boot(opts, kernel, data, script, ns)
+                    got, wall, cpu = boot(opts, kernel, initrd, data, script, ns)
             else:
-                got, wall, cpu = boot(opts, kernel, data, script, None)
+                got, wall, cpu = boot(opts, kernel, initrd, data, script, None)
             runs.append(got)
             walls.append(wall)
             cpus.append(cpu)
