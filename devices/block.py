@@ -44,7 +44,7 @@ import time
 
 from waker.procs import fork_child
 from waker.stats import STATS
-from waker.trace import EV, SLOT_BLOCK, SLOT_LAUNCHER, TRACE
+from host.trace import EV, SLOT_BLOCK, SLOT_LAUNCHER, TRACE
 
 from .abi import (BLK_CONFIG_LEN, BLK_CONFIG_OFF_CAPACITY,
                   BLK_CONFIG_OFF_SEG_MAX, SECTOR_SIZE, U32, U64,

@@ -23,7 +23,7 @@ import struct
 from .abi import (ETH_ALEN, VIRTIO_ID_NET, VIRTIO_NET_F_MAC,
                   VIRTIO_NET_HDR_SIZE, VIRTQUEUE_NUM)
 from .errors import err, errx
-from waker.trace import EV, SLOT_LAUNCHER, TRACE
+from host.trace import EV, SLOT_LAUNCHER, TRACE
 
 BRIDGE_PFX = "bridge:"
 #: The host side's netmask with --tunnet=IP.  The C set only the address,

@@ -24,6 +24,7 @@ import threading
 import time
 
 from .abi import LHREQ_BREAK
+from .trace import EV, SLOT_HOST_THREAD, SLOT_LAUNCHER, TRACE
 from .ucinternals import StopRequest
 
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
@@ -66,13 +67,18 @@ class Events:
     stops the engine with nothing new to see: a harmless re-entry.)
 
     stop is the engine's stop request: set() / clear() / is_set(), taken only at a
-    translation-block boundary (ucinternals.StopRequest).  wake is set on every raise,
-    for a halted Guest's sleep.
+    translation-block boundary (ucinternals.StopRequest).  A halted Guest's sleep is a
+    select() on the read end of a pipe (wake_fd, made by Channel.start()): a raise
+    writes a byte to it while `sleeping` is set.  The loop sets `sleeping` before its
+    last pending(), the raise stores its bits before it looks at `sleeping` (both under
+    the GIL, which orders them), so a raise is either seen by that pending() or wakes
+    the select().
     """
 
     def __init__(self, stop):
         self.stop = stop
-        self.wake = threading.Event()
+        self.sleeping = False
+        self.wake_fd = self._wake_w = None
         self.lock = threading.Lock()
         self.bits = 0
         self.deadline = None
@@ -87,7 +93,22 @@ class Events:
                 return
             self.bits |= bits
         self.stop.set()               # after the bits: see the class docstring
-        self.wake.set()
+        if self.sleeping:
+            self.wake_up()
+
+    def add(self, bits):
+        """Raise bits from the run loop's own thread (what a halted sleep saw itself):
+        no stop request, no wake-up, the loop takes them next."""
+        with self.lock:
+            self.bits |= bits
+
+    def wake_up(self):
+        w = self._wake_w
+        if w is not None:
+            try:
+                os.write(w, b"w")
+            except OSError:           # full: the sleeper has wake-ups enough
+                pass
 
     def raise_irq(self, irq):
         """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
@@ -181,8 +202,9 @@ class Channel:
         self.events = Events(StopRequest(uc))
         self.recheck = None        # time.monotonic() to stop the Guest and look again
         self._thread_deadline = None   # when the sleeping thread looks next
-        self.breaks_received = 0   # thread
+        self.breaks_received = 0   # under events.lock: the thread, or a halted run loop
         self.breaks_released = 0   # main
+        self.waker_gone = False
         self.host_sock = None
         self.waker_sock = None
         self._ctl_r = self._ctl_w = None
@@ -217,6 +239,10 @@ class Channel:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._ctl_r, self._ctl_w = os.pipe()
         os.set_blocking(self._ctl_w, False)
+        ev = self.events
+        ev.wake_fd, ev._wake_w = os.pipe()
+        os.set_blocking(ev.wake_fd, False)
+        os.set_blocking(ev._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="lguest-host", daemon=True)
         self._thread.start()
 
@@ -226,13 +252,15 @@ class Channel:
             self._poke()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(1.0)
-        for fd in (self._ctl_r, self._ctl_w):
+        ev = self.events
+        for fd in (self._ctl_r, self._ctl_w, ev.wake_fd, ev._wake_w):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self._ctl_r = self._ctl_w = None
+        ev.wake_fd = ev._wake_w = None
         for s in (self.host_sock, self.waker_sock):
             if s is not None:
                 s.close()
@@ -285,9 +313,73 @@ class Channel:
         run_guest() return -ERESTARTSYS, a BREAK makes the run loop return EAGAIN."""
         self.events.raise_(BREAK)
 
+    def wait_halted(self, timeout):
+        """A halted Guest's sleep (core.Guest.sleep): block until a raise wakes us, the
+        Waker's BREAK arrives, or timeout seconds (None: no limit) pass.
+
+        The BREAK channel is watched here too, not only by the helper thread: the Waker's
+        byte then wakes this thread at once instead of waking the helper, which would
+        wake us (two scheduler hops where the real Host's BREAK write woke the sleeping
+        Launcher directly).  Whoever of us reads the byte first raises BREAK; the other
+        finds the socket empty."""
+        ev = self.events
+        fds = [ev.wake_fd]
+        sock = self.host_sock
+        if sock is not None and not self.waker_gone:
+            fds.append(sock)
+        try:
+            r, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            return
+        except (OSError, ValueError):
+            r = []
+            if timeout:
+                time.sleep(min(timeout, RECHECK))
+        if ev.wake_fd in r:
+            try:
+                os.read(ev.wake_fd, 4096)
+            except OSError:
+                pass
+        if sock is not None and sock in r:
+            ev.add(self._take_breaks(sock))
+
+    def _take_breaks(self, sock):
+        """Read the Waker's BREAK bytes, if any are still there: BREAK, WAKER_GONE at
+        end of file, or 0 (someone else read them)."""
+        try:
+            data = sock.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            data = b""
+        if not data:
+            self.waker_gone = True
+            return WAKER_GONE
+        with self.events.lock:
+            self.breaks_received += len(data)
+        if threading.current_thread() is self._thread:
+            TRACE.mark(SLOT_HOST_THREAD, EV["host_event"])
+        else:
+            TRACE.mark(SLOT_LAUNCHER, EV["halt_break"])
+        return BREAK
+
     def release_waker(self):
-        """LHREQ_BREAK, 0: let every blocked BREAK writer go."""
-        n = self.breaks_received - self.breaks_released
+        """LHREQ_BREAK, 0: let every blocked BREAK writer go.
+
+        In Linux the Waker's write set break_out at once, so the Launcher's BREAK 0
+        cleared every BREAK written before it.  Here a BREAK travels as a byte the
+        helper thread may not have read yet: take those bytes now and forget the
+        event, so a BREAK for input the Launcher has already served (it looks at input
+        whenever it is out of the Guest) costs the Guest no stop.  The Waker, released,
+        looks again and BREAKs anew for anything still unread."""
+        ev = self.events
+        sock = self.host_sock
+        if sock is not None and not self.waker_gone:
+            if self._take_breaks(sock) == WAKER_GONE:
+                ev.add(WAKER_GONE)
+        with ev.lock:
+            ev.bits &= ~BREAK
+            n = self.breaks_received - self.breaks_released
         if n > 0 and self.host_sock is not None:
             self.breaks_released += n
             try:
@@ -298,11 +390,10 @@ class Channel:
     # --- the thread ------------------------------------------------------------------
     def _run(self):
         ev = self.events
-        waker_gone = False
         while not self._closing:
             # breaker() may come after the first read(): look for the socket each time.
             fds = [self._ctl_r]
-            if self.host_sock is not None and not waker_gone:
+            if self.host_sock is not None and not self.waker_gone:
                 fds.append(self.host_sock)
             with ev.lock:
                 dl = ev.deadline
@@ -323,16 +414,7 @@ class Channel:
                 except OSError:
                     pass
             if self.host_sock is not None and self.host_sock in r:
-                try:
-                    data = self.host_sock.recv(64)
-                except OSError:
-                    data = b""
-                if data:
-                    self.breaks_received += len(data)
-                    bits |= BREAK
-                else:
-                    waker_gone = True
-                    bits |= WAKER_GONE
+                bits |= self._take_breaks(self.host_sock)
             with ev.lock:
                 if self.recheck is not None and time.monotonic() >= self.recheck:
                     self.recheck = None

@@ -21,12 +21,14 @@ import ctypes
 import errno
 import os
 import struct
+import time
 
 from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
 from .channel import BREAK, FOREIGN_WRITE, IRQS, TIMER, WAKER_GONE, Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
+from .trace import EV, SLOT_LAUNCHER, TRACE
 from .tsc import TscRate
 from .x86_core import Exit
 
@@ -193,6 +195,7 @@ class Guest:
             #    hypercall queued behind it runs now.
             if self.pending_notify:
                 if not self.send_notify_to_eventfd():
+                    TRACE.mark(SLOT_LAUNCHER, EV["host_out"])
                     return self.pending_notify
                 continue
             # 3. "Check for signals": what the helper thread raised.
@@ -208,6 +211,7 @@ class Guest:
             if ev & BREAK:
                 self.break_out = True
             if self.break_out:
+                TRACE.mark(SLOT_LAUNCHER, EV["host_out"])
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
             if ev & WAKER_GONE:
                 raise WakerDied("the Waker has gone away")
@@ -268,11 +272,20 @@ class Guest:
 
     def sleep(self):
         """HALT: sleep until an interrupt we can deliver or an event (the clock, BREAK,
-        the Waker gone) arrives; the helper thread sets events.wake.  No busy loop."""
+        the Waker gone) arrives.  No busy loop: we sleep in select() on the helper
+        thread's wake-up pipe and on the Waker's BREAK channel itself, until the clock
+        event's deadline (Channel.wait_halted)."""
         ev = self.events
-        ev.wake.clear()                               # set_current_state(INTERRUPTIBLE)
-        if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
-            ev.wake.wait()                            # schedule()
+        ev.sleeping = True                            # set_current_state(INTERRUPTIBLE)
+        try:
+            if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
+                dl = ev.deadline
+                timeout = None if dl is None else max(0.0, dl - time.monotonic())
+                TRACE.mark(SLOT_LAUNCHER, EV["halt"])
+                self.channel.wait_halted(timeout)     # schedule()
+                TRACE.mark(SLOT_LAUNCHER, EV["unhalt"])
+        finally:
+            ev.sleeping = False
         # The Guest's clock is lguest_data.time: freshen it after a sleep.
         it.write_timestamp(self)
 

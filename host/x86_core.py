@@ -24,6 +24,7 @@ from unicorn import x86_const as X
 from . import hypercalls, page_tables
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, LD_CR2, LGUEST_TRAP_ENTRY
+from .trace import EV, SLOT_LAUNCHER, TRACE
 
 UNTIL = 1 << 40               # an emu_start() end address the Guest can never reach
 
@@ -37,6 +38,9 @@ class Exit(enum.Enum):
     MEMORY_FAULT = "the Guest reached memory it does not have (unicorn's UcError)"
     TRIPLE_FAULT = "a fault while delivering a double fault"
     HOST_ERROR = "the Host itself went wrong in a hook (Guest.host_error)"
+
+
+EV_HOST_IN = EV["host_in"]
 
 
 def run_once(cpu):
@@ -63,6 +67,7 @@ def run_once(cpu):
     cpu.exit = None
     ui.clear_exception_state()
     try:
+        TRACE.mark(SLOT_LAUNCHER, EV_HOST_IN)
         cpu.uc.emu_start(ui.eip, UNTIL)
     except UcError:
         return Exit.MEMORY_FAULT

@@ -21,7 +21,7 @@ from devices.errors import err
 from .procs import (CHILDREN, children_alive, fork_child, reap_children,
                     stop_children)
 from .stats import STATS
-from .trace import EV, SLOT_WAKER, TRACE
+from host.trace import EV, SLOT_WAKER, TRACE
 
 try:
     from host.abi import LHREQ_BREAK

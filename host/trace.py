@@ -1,5 +1,8 @@
 """A timeline of the I/O path, for bench/iopath.py: where a request's time goes.
 
+Not part of any lguest: an instrument.  It lives in host/ because every process of
+ours may mark it and host/ is what they all import (as host.abi).
+
 Off unless the environment variable PYLGUEST_TRACE names a file.  Then every process
 (Launcher, its Host thread, Waker, block worker) appends (time, event) pairs to that
 file, mapped MAP_SHARED: each process in a slot of its own, so no locking, and a mark
@@ -37,6 +40,7 @@ EVENTS = (
     "notify",          # Host: the Guest made a NOTIFY hypercall
     "tap_in",          # Launcher: a frame read from the tap into the Guest
     "tap_out",         # Launcher: a frame written to the tap
+    "halt_break",      # Host: a halted sleep read the Waker's BREAK itself
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 
