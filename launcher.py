@@ -328,6 +328,9 @@ def run_guest(lg, devices):
     from host import GuestDied, WakerDied
     from host.abi import LHREQ_BREAK
 
+    # While the Guest is halted, the Host waits for our input fds as well as for
+    # the Waker's BREAK (an extension of ours: see LguestDev.wake_on_input).
+    lg.wake_on_input(devices.infds)
     while True:
         try:
             addr = lg.read()

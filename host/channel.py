@@ -39,6 +39,7 @@ RECHECK_TICK = 8          # look at still-pending interrupts again
 # From threads other than the helper (the 3.16 protocol, host/lguest_socket.py):
 IRQS = 16                 # LHREQ_IRQ: Events.irqs says which
 FOREIGN_WRITE = 32        # Guest memory written behind the CPU's back: Events.dirty says where
+INPUT = 64                # a halted sleep saw one of the Launcher's input fds readable
 
 
 class Events:
@@ -313,9 +314,10 @@ class Channel:
         run_guest() return -ERESTARTSYS, a BREAK makes the run loop return EAGAIN."""
         self.events.raise_(BREAK)
 
-    def wait_halted(self, timeout):
+    def wait_halted(self, timeout, input_fds=()):
         """A halted Guest's sleep (core.Guest.sleep): block until a raise wakes us, the
-        Waker's BREAK arrives, or timeout seconds (None: no limit) pass.
+        Waker's BREAK arrives, one of input_fds (the Launcher's, see
+        LguestDev.wake_on_input) is readable, or timeout seconds (None: no limit) pass.
 
         The BREAK channel is watched here too, not only by the helper thread: the Waker's
         byte then wakes this thread at once instead of waking the helper, which would
@@ -327,6 +329,7 @@ class Channel:
         sock = self.host_sock
         if sock is not None and not self.waker_gone:
             fds.append(sock)
+        fds.extend(input_fds)
         try:
             r, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -342,6 +345,9 @@ class Channel:
                 pass
         if sock is not None and sock in r:
             ev.add(self._take_breaks(sock))
+        if len(r) > (ev.wake_fd in r) + (sock in r):
+            TRACE.mark(SLOT_LAUNCHER, EV["halt_input"])
+            ev.add(INPUT)
 
     def _take_breaks(self, sock):
         """Read the Waker's BREAK bytes, if any are still there: BREAK, WAKER_GONE at

@@ -26,7 +26,7 @@ import time
 from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
-from .channel import BREAK, FOREIGN_WRITE, IRQS, TIMER, WAKER_GONE, Channel
+from .channel import BREAK, FOREIGN_WRITE, INPUT, IRQS, TIMER, WAKER_GONE, Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .trace import EV, SLOT_LAUNCHER, TRACE
 from .tsc import TscRate
@@ -95,6 +95,7 @@ class Guest:
         self.halted = False
         self.irqs_pending = 0         # bitmap of LGUEST_IRQS
         self.break_out = False        # LHREQ_BREAK 1, until LHREQ_BREAK 0
+        self.input_fds = ()           # LguestDev.wake_on_input(): watched while halted
 
         # --- the helper thread (the hrtimer, break_guest_out) and the engine's exits ---
         self.channel = Channel(self.uc)
@@ -208,7 +209,9 @@ class Guest:
                 it.set_interrupt(self, 0)
             if ev & IRQS:
                 self.irqs_pending |= self.events.take_irqs()
-            if ev & BREAK:
+            if ev & (BREAK | INPUT):
+                # INPUT: what the Waker would have BREAKed us for, seen by a halted
+                # sleep first.  The Launcher serves it and clears the BREAK as ever.
                 self.break_out = True
             if self.break_out:
                 TRACE.mark(SLOT_LAUNCHER, EV["host_out"])
@@ -272,9 +275,10 @@ class Guest:
 
     def sleep(self):
         """HALT: sleep until an interrupt we can deliver or an event (the clock, BREAK,
-        the Waker gone) arrives.  No busy loop: we sleep in select() on the helper
-        thread's wake-up pipe and on the Waker's BREAK channel itself, until the clock
-        event's deadline (Channel.wait_halted)."""
+        the Waker gone, the Launcher's input) arrives.  No busy loop: we sleep in
+        select() on the helper thread's wake-up pipe, the Waker's BREAK channel itself
+        and the Launcher's input fds, until the clock event's deadline
+        (Channel.wait_halted)."""
         ev = self.events
         ev.sleeping = True                            # set_current_state(INTERRUPTIBLE)
         try:
@@ -282,7 +286,7 @@ class Guest:
                 dl = ev.deadline
                 timeout = None if dl is None else max(0.0, dl - time.monotonic())
                 TRACE.mark(SLOT_LAUNCHER, EV["halt"])
-                self.channel.wait_halted(timeout)     # schedule()
+                self.channel.wait_halted(timeout, self.input_fds)    # schedule()
                 TRACE.mark(SLOT_LAUNCHER, EV["unhalt"])
         finally:
             ev.sleeping = False

@@ -100,6 +100,21 @@ class LguestDev:
         g.channel.start()
         return g.run_guest()
 
+    def wake_on_input(self, fds):
+        """API extension, not in lguest: while the Guest is halted, read() also returns
+        EAGAIN (as after a BREAK) when one of fds is readable.  fds is the Launcher's
+        own live set of input fds (DeviceList.infds), looked at on every halt.
+
+        The Waker exists because the Launcher can't watch its fds from inside read().
+        But while the Guest sleeps in HALT, the Host is only waiting, and can wait for
+        the Launcher's input as well: a disk request finished or a frame arriving then
+        wakes the Launcher in one step, not three (Waker, BREAK, Host).  The Waker
+        still watches while the Guest runs, and sends no BREAK for input the Launcher
+        has served (waker/)."""
+        if self.guest is None:
+            raise ValueError("LHREQ_INITIALIZE first (EINVAL)")
+        self.guest.input_fds = fds
+
     def breaker(self):
         """The Waker's handle for LHREQ_BREAK (call after INITIALIZE, before the fork)."""
         if self.guest is None:

@@ -41,6 +41,7 @@ EVENTS = (
     "tap_in",          # Launcher: a frame read from the tap into the Guest
     "tap_out",         # Launcher: a frame written to the tap
     "halt_break",      # Host: a halted sleep read the Waker's BREAK itself
+    "halt_input",      # Host: a halted sleep saw the Launcher's input itself
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 
