@@ -186,7 +186,7 @@ def service_io(vq, vblk, done):
 
     if rtype == VIRTIO_BLK_T_OUT:
         bufs = iov[1:out_num]
-        total = sum(len(b) for b in bufs)
+        total = sum(map(len, bufs))
         # The C wrote first and truncated the file back afterwards; we
         # look first, so a bad Guest can't even scribble on the last
         # sectors before it dies.
@@ -196,12 +196,13 @@ def service_io(vq, vblk, done):
             ret = os.pwritev(fd, bufs, off) if bufs else 0
         except OSError:
             ret = -1        # EIO, ENOSPC...: the Guest's problem to see
-        _say(vblk, "WRITE to sector %u: %i" % (sector, ret))
+        if vblk.verbose:
+            _say(vblk, "WRITE to sector %u: %i" % (sector, ret))
         status = VIRTIO_BLK_S_OK if ret == total else VIRTIO_BLK_S_IOERR
         wlen = VIRTIO_BLK_INHDR_SIZE
     elif rtype == VIRTIO_BLK_T_IN:
         bufs = iov[out_num:out_num + in_num - 1]
-        total = sum(len(b) for b in bufs)
+        total = sum(map(len, bufs))
         if off > vblk.len:
             ret = 0     # nothing there (and a u64 sector can overflow off_t)
         else:
@@ -209,7 +210,8 @@ def service_io(vq, vblk, done):
                 ret = os.preadv(fd, bufs, off) if bufs else 0
             except OSError:
                 ret = -1
-        _say(vblk, "READ from sector %u: %i" % (sector, ret))
+        if vblk.verbose:
+            _say(vblk, "READ from sector %u: %i" % (sector, ret))
         if ret == total:
             status = VIRTIO_BLK_S_OK
         else:           # past the end, or a failing disk
