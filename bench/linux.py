@@ -322,6 +322,7 @@ def main():
     ap.add_argument("--flood-secs", type=float, default=3.0)
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--raw", action="store_true", help="print the Guest's output too")
+    ap.add_argument("--json", help="also write every boot's figures to this file")
     opts = ap.parse_args()
     opts.only = [g for g in opts.only.split(",") if g]
     bad = [g for g in opts.only if g not in GROUPS]
@@ -357,6 +358,10 @@ def main():
             cpus.append(cpu)
             loads.append(os.getloadavg()[0])
 
+    if opts.json:
+        import json
+        with open(opts.json, "w") as f:
+            json.dump({"boots": runs, "walls": walls, "cpus": cpus, "loads": loads}, f)
     print("Linux guest on pylguest (%s, %d MiB, %d boot(s) x %d round(s), medians; "
           "load average %.1f-%.1f on %d CPUs)"
           % (kernel.name, opts.mem, opts.boots, opts.rounds, min(loads), max(loads),
