@@ -16,6 +16,7 @@ the emulation: one helper thread, which sleeps in select() on
 What it sees goes into one Events object, which the run loop takes all at once.
 """
 
+import mmap
 import os
 import select
 import socket
@@ -175,11 +176,18 @@ class Breaker:
     BREAK; returns True then, False if the Launcher has gone away.
     """
 
-    def __init__(self, sock):
+    def __init__(self, sock, state=None):
         self._sock = sock
+        self._state = state
 
     def fileno(self):
         return self._sock.fileno()
+
+    def host_waiting(self):
+        """True while the Guest sleeps in HALT and the Host waits for the Launcher's
+        input fds itself (LguestDev.wake_on_input): readable input will wake the
+        Launcher without a BREAK.  (A byte in memory shared with the Host.)"""
+        return self._state is not None and self._state[0] == 1
 
     def write(self, req):
         if len(req) != 2 or req[0] != LHREQ_BREAK or req[1] != 1:
@@ -206,6 +214,10 @@ class Channel:
         self.breaks_received = 0   # under events.lock: the thread, or a halted run loop
         self.breaks_released = 0   # main
         self.waker_gone = False
+        # One byte the Waker can read: 1 while a halted sleep watches the Launcher's
+        # input (Breaker.host_waiting).  Shared anonymous memory, made now so the
+        # Waker, forked after LHREQ_INITIALIZE, shares it.
+        self.state = mmap.mmap(-1, 1)
         self.host_sock = None
         self.waker_sock = None
         self._ctl_r = self._ctl_w = None
@@ -221,7 +233,7 @@ class Channel:
             os.register_at_fork(after_in_child=self._after_fork_in_child)
             if self._ctl_w is not None:
                 self._poke()          # the thread is already up: make it watch the socket
-        return Breaker(self.waker_sock)
+        return Breaker(self.waker_sock, self.state)
 
     def _after_fork_in_child(self):
         # A child must not keep the Host's end open: the Waker would never see EOF.
@@ -330,14 +342,18 @@ class Channel:
         if sock is not None and not self.waker_gone:
             fds.append(sock)
         fds.extend(input_fds)
+        if input_fds:
+            self.state[0] = 1
         try:
             r, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
-            return
+            r = []
         except (OSError, ValueError):
             r = []
             if timeout:
                 time.sleep(min(timeout, RECHECK))
+        finally:
+            self.state[0] = 0
         if ev.wake_fd in r:
             try:
                 os.read(ev.wake_fd, 4096)

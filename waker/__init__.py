@@ -29,6 +29,8 @@ except ImportError:             # host/ not written yet: the Linux 3.16 value
     LHREQ_BREAK = 3
 
 _INT = struct.Struct("i")
+#: how long we leave readable input to a Host that waits for it in HALT (seconds)
+HALT_GRACE = 0.0005
 
 __all__ = ["setup_waker", "wake_parent", "breaker_fds", "reap_children",
            "children_alive", "stop_children", "CHILDREN"]
@@ -106,6 +108,19 @@ def wake_parent(pipefd, breaker, watched):
             still = True
         if not still:
             STATS.bump("breaks_skipped")
+            continue
+        # The Guest may be asleep in HALT with the Host waiting for this very
+        # input (LguestDev.wake_on_input): it is already on its way to the
+        # Launcher, and a BREAK would only cost a stop to clear.  Look again
+        # in a moment (sooner if the Launcher writes to us): served, or still
+        # there with the Guest running again, and then we BREAK as ever.
+        waiting = getattr(breaker, "host_waiting", None)
+        if waiting is not None and waiting():
+            STATS.bump("breaks_deferred")
+            try:
+                select.select([pipefd], [], [], HALT_GRACE)
+            except (InterruptedError, OSError, ValueError):
+                pass
             continue
         STATS.bump("breaks")
         TRACE.mark(SLOT_WAKER, EV["waker_break"])
