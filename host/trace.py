@@ -42,6 +42,7 @@ EVENTS = (
     "tap_out",         # Launcher: a frame written to the tap
     "halt_break",      # Host: a halted sleep read the Waker's BREAK itself
     "halt_input",      # Host: a halted sleep saw the Launcher's input itself
+    "host_back",       # Host: emu_start() returned (whatever the reason)
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 

@@ -41,6 +41,7 @@ class Exit(enum.Enum):
 
 
 EV_HOST_IN = EV["host_in"]
+EV_HOST_BACK = EV["host_back"]
 
 
 def run_once(cpu):
@@ -69,6 +70,7 @@ def run_once(cpu):
     try:
         TRACE.mark(SLOT_LAUNCHER, EV_HOST_IN)
         cpu.uc.emu_start(ui.eip, UNTIL)
+        TRACE.mark(SLOT_LAUNCHER, EV_HOST_BACK)
     except UcError:
         return Exit.MEMORY_FAULT
     except Exception as e:        # the binding itself: still one clean line
