@@ -441,4 +441,5 @@ class Channel:
                 if self.recheck is not None and time.monotonic() >= self.recheck:
                     self.recheck = None
                     bits |= RECHECK_TICK
+                    TRACE.mark(SLOT_HOST_THREAD, EV["recheck"])
             ev.raise_(bits)           # adds TIMER if the clock event expired

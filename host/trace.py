@@ -43,6 +43,8 @@ EVENTS = (
     "halt_break",      # Host: a halted sleep read the Waker's BREAK itself
     "halt_input",      # Host: a halted sleep saw the Launcher's input itself
     "host_back",       # Host: emu_start() returned (whatever the reason)
+    "deliver",         # Host: a device interrupt (not the clock's) delivered to the Guest
+    "recheck",         # Host thread: the recheck tick fired
 )
 EV = {name: i for i, name in enumerate(EVENTS)}
 
