@@ -31,6 +31,7 @@ from .ucinternals import StopRequest
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
 SWITCH_INTERVAL = 0.0002
 RECHECK = 0.001           # a pending interrupt is looked at again within this (a "tick")
+RECHECK_FIRST = 0.0002    # ... and first this soon (Guest.recheck_interrupts)
 
 # The events, as bits of Events.bits.
 TIMER = 1                 # the clock event expired: IRQ 0

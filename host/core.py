@@ -26,7 +26,8 @@ import time
 from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
-from .channel import BREAK, FOREIGN_WRITE, INPUT, IRQS, TIMER, WAKER_GONE, Channel
+from .channel import (BREAK, FOREIGN_WRITE, INPUT, IRQS, RECHECK, RECHECK_FIRST, TIMER,
+                      WAKER_GONE, Channel)
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .trace import EV, SLOT_LAUNCHER, TRACE
 from .tsc import TscRate
@@ -96,6 +97,7 @@ class Guest:
         self.irqs_pending = 0         # bitmap of LGUEST_IRQS
         self.break_out = False        # LHREQ_BREAK 1, until LHREQ_BREAK 0
         self.input_fds = ()           # LguestDev.wake_on_input(): watched while halted
+        self.irq_wait_since = None    # when a still-pending interrupt was first not taken
 
         # --- the helper thread (the hrtimer, break_guest_out) and the engine's exits ---
         self.channel = Channel(self.uc)
@@ -264,7 +266,9 @@ class Guest:
             if self.dead is not None:
                 return Exit.DEATH
             if self.irqs_pending:
-                self.channel.request_recheck()
+                self.recheck_interrupts()
+            else:
+                self.irq_wait_since = None
         if self.halted:                               # 5.
             return Exit.HALT
         if self.gdt_changed:
@@ -272,6 +276,23 @@ class Guest:
             if self.dead is not None:
                 return Exit.DEATH
         return None
+
+    def recheck_interrupts(self):
+        """An interrupt is still pending after a try (interrupts off, its line blocked,
+        the iret window, or one delivered and another waiting): have the helper thread
+        stop the Guest soon to try again.
+
+        Nothing else may tell us in time.  3.16's lg_irq_enable() ("sti") tests
+        irq_pending against $0, never true, so only lg_restore_fl() asks for a pending
+        interrupt with SEND_INTERRUPTS; an iret or an unmasked line asks nothing.  The
+        real Host noticed at its next exit or host timer tick.  We look again after
+        RECHECK_FIRST, and back off to RECHECK while the interrupt keeps waiting (a
+        masked line may stay masked a long time)."""
+        now = time.monotonic()
+        since = self.irq_wait_since
+        if since is None:
+            since = self.irq_wait_since = now
+        self.channel.request_recheck(min(RECHECK, max(RECHECK_FIRST, now - since)))
 
     def sleep(self):
         """HALT: sleep until an interrupt we can deliver or an event (the clock, BREAK,
