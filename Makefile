@@ -16,9 +16,15 @@ MEM_MB  := 64
 
 all: $(STAMP) $(GUEST) $(DISK)
 
-$(STAMP): requirements.txt
+# unicorn is not in requirements.txt: the Host needs it built from the 2.1.4 sdist
+# with our patches (patches/unicorn/*.patch; why: the comments there).  The wheel
+# is cached outside the work tree, so only the first make on a machine builds it.
+UNICORN_BUILD := $(wildcard patches/unicorn/*)
+
+$(STAMP): requirements.txt $(UNICORN_BUILD)
 	$(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	sh patches/unicorn/build.sh $(PY)
 	touch $@
 
 guest $(GUEST): $(wildcard guest/*.c guest/*.h guest/*.S guest/*.ld guest/Makefile)
