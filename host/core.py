@@ -187,7 +187,10 @@ class Guest:
         uc.hook_add(UCC.UC_HOOK_INSN_INVALID, self._hook_invalid)
         uc.hook_add(UCC.UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
         uc.hook_add(UCC.UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UCC.UC_HOOK_MEM_INVALID, self._hook_mem_invalid)
+        # Only where the Guest has no memory: a memory hook over an address keeps
+        # every store there on the engine's slow path (see ucinternals.py).
+        uc.hook_add(UCC.UC_HOOK_MEM_INVALID, self._hook_mem_invalid, None,
+                    self.mem_limit, (1 << 64) - 1)
 
     def _stop(self):
         self.stop_asked = True
