@@ -124,6 +124,81 @@ def _locate_env(uc):
     return found
 
 
+# --- our patches to the engine (patches/unicorn/) ------------------------------------
+TLB_NOTDIRTY = 1 << 10          # QEMU's TLB_NOTDIRTY (4 KiB target pages): store slow path
+TLB_ENTRY_SIZE = 64             # CPUTLBEntry {addr_read, addr_write, addr_code, paddr,
+                                # addend}, padded to a power of two
+_patches_checked = False
+
+
+def _tlb_addr_write(env, vaddr):
+    """addr_write of every TLB entry the engine holds for vaddr's page, in each MMU mode.
+
+    QEMU keeps the fast TLB's {mask, table} pairs (CPUTLBDescFast, one per MMU mode) just
+    below env, where translated code finds them.  We look there for pairs whose table
+    really has an entry for vaddr (addr_read == the page), so a wrong guess finds nothing.
+    """
+    page = vaddr & ~0xFFF
+    found = []
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        below = _safe_read(fd, env - 256, 256)
+        for off in range(0, len(below) - 15, 8):
+            mask, table = struct.unpack_from("<QQ", below, off)
+            n = (mask // TLB_ENTRY_SIZE) + 1
+            if (mask % TLB_ENTRY_SIZE or n & (n - 1) or not 64 <= n <= 1 << 20
+                    or not 0x10000 <= table <= 0x7FFFFFFFFFFF):
+                continue
+            ent = _safe_read(fd, table + ((page >> 12) & (n - 1)) * TLB_ENTRY_SIZE, 16)
+            if len(ent) == 16:
+                addr_read, addr_write = struct.unpack("<QQ", ent)
+                if addr_read == page:
+                    found.append(addr_write)
+    finally:
+        os.close(fd)
+    return found
+
+
+def check_engine_patches():
+    """Refuse an engine built without pylguest's patches (patches/unicorn/), once per
+    process, by watching a scratch engine do what only the patched one does:
+
+      patch 1: a store to a page that holds no translated code leaves its TLB entry
+               without TLB_NOTDIRTY, so the next stores take the inline fast path;
+      patch 2: a stop asked in the middle of a block (here by an "out" hook) lands at
+               the next block boundary, not after the block's next memory access.
+
+    The program: mov [0x2000],eax; out 0x80,al (the hook stops); mov [0x2004],eax;
+    mov [0x2008],eax; jmp $.  Stock 2.1.4 stops right after the store to 0x2004, so
+    0x2008 stays zero, and it leaves the 0x2000 entry "not dirty".
+    """
+    global _patches_checked
+    if _patches_checked:
+        return
+    _patches_checked = True
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
+    env = UcInternals(uc).env
+    uc.mem_map(0, 0x4000)
+    uc.mem_write(0x1000, bytes.fromhex("a300200000" "e680" "a304200000" "a308200000" "ebfe"))
+    uc.hook_add(unicorn.UC_HOOK_INSN, lambda uc, port, size, value, ud: uc.emu_stop(),
+                None, 1, 0, X.UC_X86_INS_OUT)
+    uc.reg_write(X.UC_X86_REG_EAX, 0x5EED)
+    uc.emu_start(0x1000, 0x3000, timeout=1_000_000)
+    why = None
+    if struct.unpack("<I", uc.mem_read(0x2008, 4))[0] != 0x5EED:
+        why = "a stop lands in the middle of a block"
+    else:
+        writes = _tlb_addr_write(env, 0x2000)
+        if not writes:
+            _fail("cannot find the TLB next to the CPU state")
+        if any(w & TLB_NOTDIRTY for w in writes):
+            why = "guest stores take the slow path"
+    if why is not None:
+        raise UnicornMismatch(
+            "unicorn %s lacks pylguest's patches (%s): build it with make "
+            "(patches/unicorn/)" % (getattr(unicorn, "__version__", "?"), why))
+
+
 class UcInternals:
     """Direct access to one engine's CPUX86State.
 
@@ -152,6 +227,7 @@ class UcInternals:
         self._rd = uclib.uc_reg_read
         self._wr = uclib.uc_reg_write
         self._verify()
+        check_engine_patches()
 
     # --- registers -------------------------------------------------------------------
     def reg_read(self, reg):
