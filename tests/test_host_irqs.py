@@ -197,8 +197,11 @@ def test_timer_interrupts_ring3(guest):
     notes, died = run(g)
     assert died.poweroff
     log = g.log()
-    assert [e["vec"] for e in log] == [0x80, 0x20, 0x80]
-    tick = log[1]
+    # A tick may come before the Guest reaches ring 3 on a loaded host; the Guest
+    # then waits for the next one.
+    vecs = [e["vec"] for e in log]
+    assert vecs[0] == vecs[-1] == 0x80 and set(vecs[1:-1]) == {0x20}
+    tick = log[-2]
     assert tick["cs"] == 0x73 and tick["uss"] == 0x7b and tick["uesp"] == 0x50000
     assert tick["eflags"] & 0x200
 
