@@ -154,6 +154,9 @@ class Guest:
     def tlb_flush(self):
         uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
 
+    def tlb_flush_page(self, vaddr):
+        self.ui.flush_tlb_page(vaddr)
+
     def set_cr3(self, val):
         self.ui.reg_write(X.UC_X86_REG_CR3, val)
 

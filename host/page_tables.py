@@ -19,7 +19,7 @@ from .abi import (_PAGE_PRESENT, _PAGE_RW, PAGE_SIZE, PTRS_PER_PGD, SWITCHER_ADD
 
 
 def flush_tlb(cpu):
-    """Throw away every cached translation (unicorn has no per-page flush)."""
+    """Throw away every cached translation."""
     cpu.tlb_flush()
 
 
@@ -134,11 +134,16 @@ def guest_set_pgd(cpu, gpgdir, idx):
 
 
 def guest_set_pte(cpu, gpgdir, vaddr, pte):
-    """LHCALL_SET_PTE: one entry changed; mirrors guest_set_pte()."""
+    """LHCALL_SET_PTE: one entry changed; mirrors guest_set_pte().
+
+    The real Host dropped that one shadow entry; we drop unicorn's TLB entries for
+    that one page.  (The page directory may not be the current one, but kernel page
+    tables are shared by all of them, so the page goes either way: it is cheap.)
+    """
     if vaddr >= SWITCHER_ADDR:
         cpu.kill_guest("attempt to set pte into Switcher pages")
         return
-    cpu.tlb_flush()
+    cpu.tlb_flush_page(vaddr)
 
 
 def check_switcher(cpu):

@@ -52,6 +52,9 @@ ENV_SPAN = 5504                 # bytes of env we map (covers every field above)
 
 HF_CPL_MASK = 3
 
+# uc_ctl(UC_CTL_TLB_FLUSH) with one argument, encoded as UC_CTL_WRITE(type, 1) does
+_CTL_TLB_FLUSH_PAGE = (unicorn.UC_CTL_IO_WRITE << 30) | (1 << 26) | unicorn.UC_CTL_TLB_FLUSH
+
 # Segment register indices in env->segs[]
 R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
 
@@ -226,6 +229,7 @@ class UcInternals:
         self._pval = ctypes.byref(self._val)
         self._rd = uclib.uc_reg_read
         self._wr = uclib.uc_reg_write
+        self._ctl = uclib.uc_ctl
         self._verify()
         check_engine_patches()
 
@@ -272,6 +276,14 @@ class UcInternals:
 
     def cr(self, n):
         return self.q[OFF_CR // 8 + n]
+
+    # --- the TLB ---------------------------------------------------------------------
+    def flush_tlb_page(self, vaddr):
+        """Drop the engine's TLB entries for the virtual page holding vaddr (every MMU
+        mode), as invlpg does.  UC_CTL_TLB_FLUSH with one argument is our patch
+        (patches/unicorn/0003); an engine without it ignores the argument and flushes
+        everything, which is correct, only slower."""
+        self._ctl(self._uch, _CTL_TLB_FLUSH_PAGE, ctypes.c_uint64(vaddr))
 
     # --- start-up self-check -----------------------------------------------------------
     def _verify(self):
