@@ -17,6 +17,12 @@ register API, and refuse to run on an engine whose layout we do not recognise.  
 memory gives us the general registers without the binding's per-call overhead, which is
 what keeps a hypercall round trip near a microsecond.
 
+The engine itself is unicorn 2.1.4 built with our patches (patches/unicorn/): guest stores
+to pages without translated code take the inline fast path, a stop asked in the middle of
+a block lands at the next block boundary, and a TLB flush can be one page.  The first
+engine of a process checks the first two on a scratch engine (check_engine_patches()) and
+we refuse to run on one that lacks them.
+
 Layout (x86_64-hosted unicorn 2.1.4 wheel; QEMU 5.0's CPUX86State):
   regs[16]  u64 @0   (EAX ECX EDX EBX ESP EBP ESI EDI ...)
   eip       u64 @128          eflags u64 @136 (condition codes live elsewhere)
