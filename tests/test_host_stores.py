@@ -68,6 +68,37 @@ def test_read_only_memory_refuses_stores():
         g.close()
 
 
+def test_cross_thread_stop_lands_at_a_block_boundary():
+    """uc_emu_stop() from another thread stops the engine between blocks (patch 2).
+    Stock 2.1.4 stopped after the next load or store, mid-block, and restarted the
+    block's instruction: "incw" after its store ran twice (most of 2000 stops)."""
+    import threading
+    from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
+    from unicorn import x86_const as X
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    uc.mem_map(0, 0x4000)
+    uc.mem_write(0x1000, bytes.fromhex("66ff0500200000" "41" "ebf6"))  # incw; inc ecx; jmp
+    done = threading.Event()
+
+    def stopper():
+        while not done.is_set():
+            uc.emu_stop()
+            done.wait(0.00005)
+    t = threading.Thread(target=stopper)
+    t.start()
+    try:
+        eip, bad = 0x1000, 0
+        for _ in range(2000):
+            uc.emu_start(eip, 0x3000)
+            eip = uc.reg_read(X.UC_X86_REG_EIP)
+            word = struct.unpack("<H", uc.mem_read(0x2000, 2))[0]
+            bad += word != uc.reg_read(X.UC_X86_REG_ECX) & 0xFFFF
+    finally:
+        done.set()
+        t.join()
+    assert bad == 0 and eip == 0x1000
+
+
 @pytest.fixture(scope="module")
 def stock_unicorn(tmp_path_factory):
     """libunicorn.so.2 from PyPI's own 2.1.4 wheel (no patches), or a skip."""
