@@ -19,9 +19,10 @@ what keeps a hypercall round trip near a microsecond.
 
 The engine itself is unicorn 2.1.4 built with our patches (patches/unicorn/): guest stores
 to pages without translated code take the inline fast path, a stop asked in the middle of
-a block lands at the next block boundary, and a TLB flush can be one page.  The first
-engine of a process checks the first two on a scratch engine (check_engine_patches()) and
-we refuse to run on one that lacks them.
+a block lands at the next block boundary, a TLB flush can be one page, and a block's exit
+test is inline.  The first engine of a process checks the first two on a scratch engine
+(check_engine_patches()) and we refuse to run on one that lacks them; without the other
+two we are only slower.
 
 Layout (x86_64-hosted unicorn 2.1.4 wheel; QEMU 5.0's CPUX86State):
   regs[16]  u64 @0   (EAX ECX EDX EBX ESP EBP ESI EDI ...)
