@@ -443,7 +443,8 @@ def parse_args(argv):
 
 _cleanup_lock = threading.Lock()
 _cleaned = False
-#: What cleanup() needs to find: the DeviceList once there is one.
+#: What cleanup() and restart_guest() need to find: the DeviceList and
+#: the LguestDev once there are.
 _state = {}
 
 
@@ -629,6 +630,7 @@ def launch(argv):
     setup_boot_params(mem, ns.args, initrd_size)
 
     lg = tell_kernel(mem, start)
+    _state["lg"] = lg
 
     # The Waker watches the input file descriptors and BREAKs us out of the
     # Guest when one is readable; without it we'd only look at input when
@@ -653,11 +655,7 @@ def main(argv=None):
         _print_death(str(e))
         status = e.status
     except GuestRestart:
-        # The 3.16 Launcher re-executes itself with the same arguments.
-        cleanup()
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-        os.execv(sys.executable,
-                 [sys.executable, os.path.abspath(__file__)] + list(argv))
+        restart_guest(argv)
     except LauncherError as e:
         status = e.status
         _print_death(str(e))
@@ -678,6 +676,39 @@ def main(argv=None):
         _print_death("internal error: %s: %s" % (type(e).__name__, e))
     cleanup()
     return status
+
+
+#: select()'s limit: the fds restart_guest() closes, as the C did.
+FD_SETSIZE = 1024
+
+
+def restart_guest(argv):
+    """The Guest rebooted: clean up and exec the Launcher afresh with the
+    same arguments, so a new Guest boots with new devices over the same
+    files.  Mirrors restart_guest() of the 3.16 lguest.c: close every fd
+    above stderr (ours are close-on-exec anyway, but a library's need not
+    be: a leaked tap fd would keep the old interface and its address), end
+    the device processes, restore the terminal, execv().  The signals get
+    their default dispositions back: cleanup() ignored them, and an
+    ignored signal stays ignored across exec."""
+    cleanup()
+    # The Host's helper thread goes first: its fds are about to close.
+    if "lg" in _state:
+        _state["lg"].close()
+    for sig in _SIGNALS:
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    os.closerange(3, FD_SETSIZE)
+    prog = os.path.abspath(__file__)
+    try:
+        os.execv(sys.executable, [sys.executable, prog] + list(argv))
+    except OSError as e:
+        _print_death("Could not exec %s: %s" % (prog, e.strerror))
+        os._exit(1)
 
 
 def _print_death(msg):
