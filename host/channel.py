@@ -62,8 +62,10 @@ class Events:
       * the run loop lowers the stop request (stop.clear()) *before* its last pending()
         and stays out of the engine while anything is pending.
     An event raised after that last look finds the request up, and the engine stops at
-    its next block boundary.  (A request raised for an event the loop has already taken
-    stops the engine with nothing new to see: a harmless re-entry.)
+    its next block boundary (if that uc_emu_stop() came just before the engine started
+    and was lost, the helper thread makes another within RECHECK while the event waits).
+    (A request raised for an event the loop has already taken stops the engine with
+    nothing new to see: a harmless re-entry.)
 
     stop is the engine's stop request: set() / clear() / is_set(), taken only at a
     translation-block boundary (ucinternals.StopRequest).  wake is set on every raise,
