@@ -22,7 +22,7 @@ LINUX_ARGS ?=
 LINUX_SRC  ?=
 LINUX_OUT  ?= build/linux
 
-.PHONY: all run run-linux linux-kernel-given test bench guest linux-initrd linux-config linux-kernel clean distclean
+.PHONY: all run run-linux linux-kernel-given test bench soak guest linux-initrd linux-config linux-kernel clean distclean
 
 all: $(STAMP) $(GUEST) $(DISK)
 
@@ -74,8 +74,14 @@ LINUX_TEST_DEPS := $(if $(wildcard $(LINUX_DIR)/vmlinux $(LINUX_DIR)/bzImage),$(
 test: all $(LINUX_TEST_DEPS)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
+# bench/soak.py runs for minutes: it has a target of its own.
 bench: all
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in $(filter-out bench/soak.py,$(wildcard bench/*.py)); do $(PY) $$b || exit 1; done
+
+# The soak of a real Linux Guest (README "The soak"): root, MINUTES= long.
+MINUTES ?= 10
+soak: linux-kernel-given all $(INITRD)
+	$(PY) bench/soak.py --minutes $(MINUTES) --kernel $(KERNEL)
 
 clean:
 	$(MAKE) -C guest clean
