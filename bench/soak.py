@@ -412,6 +412,41 @@ def read_status(pid):
         return None
 
 
+def code_cache(pid):
+    """(resident kB, size kB) of the process's anonymous executable
+    mappings: unicorn's buffer of translated Guest code (QEMU's TCG code
+    buffer).  It fills as the Guest runs new code, until it is flushed and
+    refilled: a cache bounded by its size, not a leak."""
+    res = size = 0
+    cur = False
+    try:
+        with open("/proc/%d/smaps" % pid) as f:
+            for line in f:
+                if line[0] in "0123456789abcdef" and "-" in line.split(" ", 1)[0]:
+                    fields = line.split()
+                    cur = "x" in fields[1] and len(fields) == 5
+                    if cur:
+                        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                        size += (hi - lo) >> 10
+                elif cur and line.startswith("Anonymous:"):
+                    res += int(line.split()[1])
+    except OSError:
+        return None
+    return res, size
+
+
+class Mem(tuple):
+    """One look at a process (kB): private RSS less the code cache, the
+    code cache's resident part and its size, the shared Guest RAM it has
+    resident, open fds."""
+    __slots__ = ()
+    private = property(lambda s: s[0])
+    code = property(lambda s: s[1])
+    code_size = property(lambda s: s[2])
+    shmem = property(lambda s: s[3])
+    fds = property(lambda s: s[4])
+
+
 def count_fds(pid):
     try:
         return len(os.listdir("/proc/%d/fd" % pid))
@@ -480,10 +515,11 @@ class Procs:
         for role, pid in self.pids.items():
             st = read_status(pid)
             fds = count_fds(pid)
-            if st is None or fds is None:
+            code = code_cache(pid)
+            if st is None or fds is None or code is None:
                 continue
-            got[role] = (st.get("RssAnon", 0) + st.get("RssFile", 0),
-                         st.get("RssShmem", 0), fds)
+            private = st.get("RssAnon", 0) + st.get("RssFile", 0) - code[0]
+            got[role] = Mem((private, code[0], code[1], st.get("RssShmem", 0), fds))
         self.samples.append((t, got))
         return got
 
@@ -625,6 +661,7 @@ class Faults:
         self.stopped_pid = None         # SIGSTOPped right now (for emergencies)
         self.enospc_filled = []         # bytes our filler took, each window
         self.k = 0
+        self.cycled = threading.Event()  # every kind of fault has come once
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self):
@@ -643,6 +680,8 @@ class Faults:
                     self.done[name] += 1
             except OSError as e:
                 self.errors.append("fault %s: %s" % (name, e))
+            if i == len(self.CYCLE):
+                self.cycled.set()
 
     def _stop(self, name):
         pid = self.procs.pids[name.split("-")[1]]
@@ -727,16 +766,18 @@ def rates(stats):
 
 
 def window_stats(samples, lo, hi):
-    """{role: (mean private MB, max fds)} over samples with lo <= t < hi."""
+    """{role: (mean private MB, max fds, mean code cache MB)} over the
+    samples with lo <= t < hi."""
     acc = {}
     for t, got in samples:
         if lo <= t < hi:
-            for role, (priv, _shm, fds) in got.items():
-                a = acc.setdefault(role, [0.0, 0, 0])
-                a[0] += priv / 1024.0
+            for role, m in got.items():
+                a = acc.setdefault(role, [0.0, 0, 0, 0.0])
+                a[0] += m.private / 1024.0
                 a[1] += 1
-                a[2] = max(a[2], fds)
-    return {role: (a[0] / a[1], a[2]) for role, a in acc.items() if a[1]}
+                a[2] = max(a[2], m.fds)
+                a[3] += m.code / 1024.0
+    return {role: (a[0] / a[1], a[2], a[3] / a[1]) for role, a in acc.items() if a[1]}
 
 
 class Soak:
@@ -829,6 +870,9 @@ class Soak:
     def soak_loop(self, con, procs, faults, traffic):
         o = self.o
         end = self.t0 + o.seconds
+        # At least o.seconds, and at least one fault of every kind (a busy
+        # machine slows the Guest, and with it the faults that need its
+        # answer).
         while True:
             t = now() - self.t0
             got = procs.sample(t)
@@ -837,10 +881,13 @@ class Soak:
             self.progress(t, con, got, faults, traffic)
             if self.proc.poll() is not None:
                 self.fail("the Launcher ended during the soak (status %s)" % self.proc.returncode)
+                self.soak_secs = now() - self.t0
                 return
-            if now() >= end:
+            if now() >= end and (faults.cycled.is_set() or not faults.thread.is_alive()):
+                self.soak_secs = now() - self.t0
                 return
-            time.sleep(min(o.interval, max(0.0, end - now())))
+            left = end - now()
+            time.sleep(min(o.interval, left) if left > 0 else o.interval)
 
     def progress(self, t, con, got, faults, traffic):
         with con.cond:
@@ -856,10 +903,12 @@ class Soak:
         parts.append("faults %d" % sum(faults.done.values()))
         with traffic.lock:
             parts.append("ping %d/%d" % (traffic.ping_got, traffic.ping_sent))
-        parts.append("rss MB " + " ".join("%s %.1f" % (role[0].upper() if role in ("launcher", "waker") else role,
-                                                      got[role][0] / 1024.0)
-                                          for role in Procs.ROLES if role in got))
-        parts.append("fds " + "/".join(str(got[role][2]) for role in Procs.ROLES if role in got))
+        # RSS: private MB (+ the code cache); fds: launcher/waker/vda/vdb
+        parts.append("rss MB " + " ".join(
+            "%s %.1f%s" % (role, got[role].private / 1024.0,
+                           "+%.1f" % (got[role].code / 1024.0) if role == "launcher" else "")
+            for role in Procs.ROLES if role in got))
+        parts.append("fds " + "/".join(str(got[role].fds) for role in Procs.ROLES if role in got))
         if nerr:
             parts.append("ERRORS %d" % nerr)
         self.print(" | ".join(parts))
@@ -908,7 +957,7 @@ class Soak:
     def judge(self, con, procs, faults, traffic):
         o = self.o
         s = self.summary
-        dur = o.seconds
+        dur = self.soak_secs
         # Verification errors, wherever they were seen.
         for e in con.errors + faults.errors + traffic.errors:
             self.fail(e)
@@ -949,7 +998,7 @@ class Soak:
             if role not in first or role not in last:
                 self.fail("no RSS samples of the %s" % role)
                 continue
-            (r0, f0), (r1, f1) = first[role], last[role]
+            (r0, f0, _), (r1, f1, _) = first[role], last[role]
             if r1 > r0 + RSS_SLACK_MB:
                 self.fail("%s: private RSS grew from %.1f MB to %.1f MB" % (role, r0, r1))
             if f1 > f0:
@@ -987,16 +1036,20 @@ class Soak:
                  % (faults.done["stop-waker"], faults.done["stop-vda"], faults.done["stop-vdb"],
                     o.hold, windows, io_errors, faults.done["input-burst"],
                     traffic.ping_got, traffic.ping_sent))
-        s.append("soak: private RSS MB, first -> last %.0f s (bound +%.0f MB): %s"
-                 % (span, RSS_SLACK_MB, ", ".join(
-                     "%s %.1f -> %.1f" % (r, first[r][0], last[r][0])
-                     for r in Procs.ROLES if r in first and r in last)))
-        shm = self.last_sample
-        s.append("soak: shared Guest RAM resident at the end, MB: %s"
-                 % ", ".join("%s %.1f" % (r, shm[r][1] / 1024.0) for r in Procs.ROLES if r in shm))
+        both = [r for r in Procs.ROLES if r in first and r in last]
+        s.append("soak: private RSS MB (less the code cache), first -> last %.0f s "
+                 "(bound +%.0f MB): %s" % (span, RSS_SLACK_MB, ", ".join(
+                     "%s %.1f -> %.1f" % (r, first[r][0], last[r][0]) for r in both)))
+        end = self.last_sample
+        s.append("soak: the Launcher's code cache (unicorn's translated code, a %d MB buffer) "
+                 "%.1f -> %.1f MB; shared Guest RAM resident at the end, MB: %s"
+                 % (end["launcher"].code_size // 1024 if "launcher" in end else 0,
+                    first["launcher"][2] if "launcher" in both else 0,
+                    last["launcher"][2] if "launcher" in both else 0,
+                    ", ".join("%s %.1f" % (r, end[r].shmem / 1024.0)
+                              for r in Procs.ROLES if r in end)))
         s.append("soak: open fds, first -> last: %s"
-                 % ", ".join("%s %d -> %d" % (r, first[r][1], last[r][1])
-                             for r in Procs.ROLES if r in first and r in last))
+                 % ", ".join("%s %d -> %d" % (r, first[r][1], last[r][1]) for r in both))
         s.append("soak: end: the Guest stopped in %.1f s with %s errors and answered the "
                  "console in %.1f s; SIGTERM -> status %s in %.1f s, %s; e2fsck vda %s; "
                  "vdb %s; %d other console lines"
