@@ -797,75 +797,102 @@ class Soak:
         self.print("soak: FAIL: %s" % why)
 
     def run(self):
+        """The whole soak; returns the exit status (0 passed, 1 failed, 2
+        could not run)."""
         o = self.o
         workdir = tempfile.mkdtemp(prefix="pylguest-soak-")
-        self.disks = disks = Disks(workdir)
-        log = open(o.log, "w") if o.log else None
-        proc = faults = traffic = None
-        keep = o.keep
+        self.disks = Disks(workdir)
+        self.log = open(o.log, "w") if o.log else None
+        self.proc = self.faults = self.traffic = None
         try:
-            disks.make()
+            try:
+                self.disks.make()
+            except (OSError, subprocess.CalledProcessError) as e:
+                err = getattr(e, "stderr", b"") or b""
+                print("bench/soak.py: can't run: making the disks: %s %s"
+                      % (e, err.decode(errors="replace").strip()))
+                return 2
             with NetNS("lgsoak") as ns:
-                traffic = Traffic(ns)
-                cmd = ns.argv([sys.executable, os.path.join(ROOT, "launcher.py"),
-                               "--tunnet=%s" % HOST_IP, "--block=%s" % disks.vda,
-                               "--block=%s" % disks.vdb, "--initrd=%s" % INITRD,
-                               str(o.mem), o.kernel, "console=hvc0", "pyl.run=soak",
-                               "pyl.ip=%s" % GUEST_IP, "pyl.soak_host=%s" % HOST_IP,
-                               "pyl.soak_stat=%d" % max(1, int(o.interval / 2)),
-                               "pyl.end=poweroff"])
-                proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-                self.proc = proc
-                err_chunks = []
-                err_reader = threading.Thread(
-                    target=lambda: err_chunks.extend(iter(lambda: proc.stderr.read(4096), b"")),
-                    daemon=True)
-                err_reader.start()
-                self.console = con = Console(proc, log)
-                ready = con.wait_line(r"^soak: ready (.*)$", o.boot_secs)
-                if ready is None:
-                    self.fail("the Guest never said \"soak: ready\"")
-                    return self.finish_early(con, err_chunks)
-                self.print("soak: Guest ready: %s" % ready.group(1))
-                for want in LOOPS:
-                    if want not in ready.group(1).split()[0].split("=")[1].split(","):
-                        self.fail("the Guest did not start its %s loop" % want)
-                self.procs = procs = Procs(proc.pid, disks)
-                self.print("soak: pids: %s" % " ".join(
-                    "%s=%d" % (r, procs.pids[r]) for r in Procs.ROLES))
-                if not wait_for_reply(icmp_socket(ns), GUEST_IP, 60):
-                    self.fail("the Guest never answered a ping")
-                traffic.start_flood()
-                faults = Faults(con, procs, disks, o.fault_every, o.hold)
-                self.faults = faults
-                faults.start()
-                self.t0 = now()
-                self.soak_loop(con, procs, faults, traffic)
-                faults.finish()
-                traffic.stop_flood()
-                # The TCP servers serve on until the Guest's nc is done.
-                self.shut_down(con, procs, traffic, err_chunks, err_reader)
-                traffic.close()
-            self.judge(con, procs, faults, traffic)
+                try:
+                    ran = self.soak(ns)
+                finally:
+                    self.stop_everything()
+            if ran:
+                self.judge(self.console, self.procs, self.faults, self.traffic)
         finally:
-            if faults:
-                faults.emergency()
-            if proc and proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            if log:
-                log.close()
-            disks.remove(keep)
-            if keep:
+            if self.log:
+                self.log.close()
+            self.disks.remove(o.keep)
+            if o.keep:
                 self.print("soak: kept the disk images in %s" % workdir)
         return 0 if not self.failures else 1
 
+    def soak(self, ns):
+        """Boot, soak, shut down; False if it never got going."""
+        o = self.o
+        disks = self.disks
+        self.traffic = traffic = Traffic(ns)
+        cmd = ns.argv([sys.executable, os.path.join(ROOT, "launcher.py"),
+                       "--tunnet=%s" % HOST_IP, "--block=%s" % disks.vda,
+                       "--block=%s" % disks.vdb, "--initrd=%s" % INITRD,
+                       str(o.mem), o.kernel, "console=hvc0", "pyl.run=soak",
+                       "pyl.ip=%s" % GUEST_IP, "pyl.soak_host=%s" % HOST_IP,
+                       "pyl.soak_stat=%d" % max(1, int(o.interval / 2)),
+                       "pyl.end=poweroff"])
+        self.proc = proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        err_chunks = []
+        err_reader = threading.Thread(
+            target=lambda: err_chunks.extend(iter(lambda: proc.stderr.read(4096), b"")),
+            daemon=True)
+        err_reader.start()
+        self.console = con = Console(proc, self.log)
+        ready = con.wait_line(r"^soak: ready (.*)$", o.boot_secs)
+        if ready is None:
+            self.fail("the Guest never said \"soak: ready\"")
+            return self.finish_early(con, err_chunks)
+        self.print("soak: Guest ready: %s" % ready.group(1))
+        started = ready.group(1).split()[0].split("=")[1].split(",")
+        for want in LOOPS:
+            if want not in started:
+                self.fail("the Guest did not start its %s loop" % want)
+        try:
+            self.procs = procs = Procs(proc.pid, disks)
+        except RuntimeError as e:
+            self.fail(str(e))
+            return self.finish_early(con, err_chunks)
+        self.print("soak: pids: %s" % " ".join(
+            "%s=%d" % (r, procs.pids[r]) for r in Procs.ROLES))
+        if not wait_for_reply(icmp_socket(ns), GUEST_IP, 60):
+            self.fail("the Guest never answered a ping")
+        traffic.start_flood()
+        self.faults = faults = Faults(con, procs, disks, o.fault_every, o.hold)
+        faults.start()
+        self.t0 = now()
+        self.soak_loop(con, procs, faults, traffic)
+        faults.finish()
+        traffic.stop_flood()
+        # The TCP servers serve on until the Guest's nc is done.
+        self.shut_down(con, procs, traffic, err_chunks, err_reader)
+        return True
+
+    def stop_everything(self):
+        """Whatever happened: no process left stopped, no filler file, no
+        Launcher, no servers."""
+        if self.faults:
+            self.faults.emergency()
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self.traffic:
+            self.traffic.close()
+
     def finish_early(self, con, err_chunks):
+        """Say what we saw of a soak that never got going; returns False."""
         time.sleep(0.5)
         self.print("soak: console, last lines:\n  " + "\n  ".join(con.tail[-30:]))
         self.print("soak: stderr: " + b"".join(err_chunks).decode(errors="replace")[-2000:])
-        return 1
+        return False
 
     def soak_loop(self, con, procs, faults, traffic):
         o = self.o
@@ -1094,7 +1121,11 @@ def main(argv=None):
             return 2
     # SIGTERM to us, as ^C: unwind through the clean-ups.
     signal.signal(signal.SIGTERM, _interrupt)
-    return Soak(o).run()
+    try:
+        return Soak(o).run()
+    except KeyboardInterrupt:
+        print("bench/soak.py: interrupted")
+        return 1
 
 
 if __name__ == "__main__":
