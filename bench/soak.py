@@ -80,9 +80,9 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.linux_guest import INITRD, initramfs  # noqa: E402
 from bench.net import NetNS, flood, icmp_socket, net_unavailable, wait_for_reply  # noqa: E402
 
-INITRD = os.path.join(ROOT, "images", "linux-initrd.cpio.gz")
 DEFAULT_KERNEL = os.path.join(os.path.dirname(ROOT), "shared", "linux", "vmlinux")
 HOST_IP = "10.213.19.1"
 GUEST_IP = "10.213.19.2"
@@ -1115,10 +1115,10 @@ def main(argv=None):
     if why:
         print("bench/soak.py: can't run: %s" % why)
         return 2
-    if not os.path.exists(INITRD):
-        r = subprocess.run(["make", "-s", "-C", ROOT, os.path.relpath(INITRD, ROOT)])
-        if r.returncode:
-            return 2
+    initrd, why = initramfs()
+    if why:
+        print("bench/soak.py: can't run: no initramfs: %s" % why)
+        return 2
     # SIGTERM to us, as ^C: unwind through the clean-ups.
     signal.signal(signal.SIGTERM, _interrupt)
     try:

@@ -14,6 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "launcher.py"
 GUEST = ROOT / "guest" / "guest.elf"
+GUEST_PAE = ROOT / "guest" / "guest-pae.elf"      # the same Guest with PAE page tables
 PYTHON = sys.executable
 
 if str(ROOT) not in sys.path:
@@ -21,8 +22,9 @@ if str(ROOT) not in sys.path:
 
 
 def build_guest():
-    """Build guest/guest.elf (make -C guest) if it is missing; returns its path."""
-    if not GUEST.exists():
+    """Build guest/guest.elf and guest-pae.elf (make -C guest) if one is missing;
+    returns guest.elf's path."""
+    if not GUEST.exists() or not GUEST_PAE.exists():
         subprocess.run(["make", "-s", "-C", str(ROOT / "guest")], check=True)
     return GUEST
 
