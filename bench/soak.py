@@ -1065,12 +1065,14 @@ class Soak:
                  % (total_bytes / 1e6, traffic.tcp_in, traffic.tcp_in_bytes / 1e6,
                     con.out_bursts, con.out_lines, traffic.tcp_out, traffic.tcp_out_bytes / 1e6,
                     faults.done["input-burst"]))
+        filled = faults.enospc_filled
         s.append("soak: faults: Waker stopped %d times, vda worker %d, vdb worker %d "
                  "(%.1f s each); %d ENOSPC windows (%d kernel I/O errors, all in vdb's sparse "
-                 "blocks), %d console input bursts; ping flood %d/%d answered"
+                 "blocks; vdb's tmpfs full after %.1f MB of ours), %d console input bursts; "
+                 "ping flood %d/%d answered"
                  % (faults.done["stop-waker"], faults.done["stop-vda"], faults.done["stop-vdb"],
-                    o.hold, windows, io_errors, faults.done["input-burst"],
-                    traffic.ping_got, traffic.ping_sent))
+                    o.hold, windows, io_errors, sum(filled) / max(len(filled), 1) / 1e6,
+                    faults.done["input-burst"], traffic.ping_got, traffic.ping_sent))
         both = [r for r in Procs.ROLES if r in first and r in last]
         s.append("soak: private RSS MB (less the code cache), mean of the first -> last %.0f s "
                  "(bound +%.0f MB): %s" % (span, RSS_SLACK_MB, ", ".join(
