@@ -11,14 +11,18 @@ and the ratio.
   cpu    boot to init (the Guest's uptime when /init starts); sha256sum of 16 MiB in
          tmpfs and from a pipe; 200 x fork+exec of a tiny static program
 
-    .venv/bin/python bench/linux.py [--boots N] [--rounds N] [--only block,net,cpu]
-                                    [--kernel PATH] [--mem MB]
+    .venv/bin/python bench/linux.py [--boots N] [--rounds N] [--cpu-rounds N]
+                                    [--only block,net,cpu] [--kernel PATH] [--mem MB]
+
+This is the one Linux bench: the CPU rows were bench/cpu.py's (issue 13).
 
 The Guest runs our initramfs (make images/linux-initrd.cpio.gz) with a script on a
 second disk (pyl.script=vdb); /dev/vda is a 288 MiB data file (reads from its first
-256 MiB, writes after them).  Times are the Guest's own: dd's report (microseconds)
-and /proc/uptime around the CPU rows (10 ms).  Each row is the median over rounds
-and boots.  Network rows need root and /dev/net/tun and run inside a network
+256 MiB, writes after them).  Times are the Guest's own monotonic clock (read from
+/proc/timer_list, nanoseconds), boot to init its /proc/uptime.  Each row is the median
+over rounds (--rounds for the block rows, --cpu-rounds for the CPU rows) and boots;
+"host CPU" is the user+system time of the Launcher, the Waker and the block worker
+during the row (less noisy than wall time on a shared machine).  Network rows need root and /dev/net/tun and run inside a network
 namespace made for the run.  Without ../shared/linux/vmlinux (or --kernel) it says
 so in one line and exits 0.
 
@@ -47,6 +51,8 @@ from bench.linux_guest import initramfs, script_image  # noqa: E402
 from bench.net import (NetNS, flood, icmp_socket, net_unavailable,  # noqa: E402
                        ping, wait_for_reply)
 
+#: what the Guest's sha256sum of 16 MiB of zeroes must print (the CPU rows ran right)
+ZEROES_16M = "SUM 080acf35a507ac9849cfcba47dc2ad83e01b75663a516279c8b9d243b719643e  /tmp/f"
 HOST_IP = "10.213.9.1"
 GUEST_IP = "10.213.9.2"
 DATA_MB = 288               # 256 MiB read, 32 MiB written after it
@@ -109,7 +115,6 @@ t() { name=$1; shift; echo "S $name"; now; a=$NOW; "$@"; now; echo "T $name $a $
 drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
 fe() { i=0; while [ $i -lt 200 ]; do /tmp/x; i=$((i+1)); done; }
 printf '%(elf)s' >/tmp/x; chmod +x /tmp/x
-dd if=/dev/zero of=/tmp/f bs=1M count=16 2>/dev/null
 r=0
 while [ $r -lt $rounds ]; do
     r=$((r+1))
@@ -120,12 +125,19 @@ while [ $r -lt $rounds ]; do
         t write dd if=/dev/zero of=/dev/vda bs=64k seek=4096 count=512 conv=fsync 2>/dev/null
         ;;
     esac
-    case ,$only, in *,cpu,*)
+done
+case ,$only, in *,cpu,*)
+    dd if=/dev/zero of=/tmp/f bs=1M count=16 2>/dev/null
+    echo "SUM $(sha256sum /tmp/f)"
+    r=0
+    while [ $r -lt ${pyl_cpurounds:-3} ]; do
+        r=$((r+1))
         t sha256 sh -c 'sha256sum /tmp/f >/dev/null'
         t sha256_pipe sh -c 'dd if=/dev/zero bs=1M count=16 2>/dev/null | sha256sum >/dev/null'
-        t forkexec fe ;;
-    esac
-done
+        t forkexec fe
+    done
+    rm -f /tmp/f ;;
+esac
 case ,$only, in *,net,*)
     if [ -n "$pyl_ip" ]; then
         ping -c 3 -W 5 %(host)s >/dev/null 2>&1
@@ -137,12 +149,12 @@ esac
 """
 
 
-def data_image(path):
-    """DATA_MB of non-zero data (a repeated random MiB): the host's page cache holds it
+def data_image(path, mb=DATA_MB):
+    """mb MiB of non-zero data (a repeated random MiB): the host's page cache holds it
     after the first boot, as it did for the real lguest's runs."""
     mib = os.urandom(1 << 20)
     with open(path, "wb") as f:
-        for _ in range(DATA_MB):
+        for _ in range(mb):
             f.write(mib)
 
 
@@ -265,7 +277,7 @@ def boot(opts, kernel, initrd, data, script, ns):
     """One boot: returns ({key: [values]}, wall s, Launcher CPU s)."""
     args = ["--block=%s" % data, "--block=%s" % script]
     extra = ["pyl.rounds=%d" % opts.rounds, "pyl.only=%s" % ",".join(opts.only),
-             "pyl.pings=%d" % opts.pings]
+             "pyl.pings=%d" % opts.pings, "pyl.cpurounds=%d" % opts.cpu_rounds]
     if ns is not None:
         args.insert(0, "--tunnet=%s" % HOST_IP)
         extra.append("pyl.ip=%s" % GUEST_IP)
@@ -289,7 +301,8 @@ def boot(opts, kernel, initrd, data, script, ns):
     wall = time.perf_counter() - t
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
-    if status != 0 or "pyl: done vdb status=0" not in run.lines:
+    if (status != 0 or "pyl: done vdb status=0" not in run.lines
+            or ("cpu" in opts.only and ZEROES_16M not in run.lines)):
         sys.exit("bench/linux.py: the Guest did not finish the bench (status %s):\n%s\n%s"
                  % (status, "\n".join(run.lines[-40:]), err[-2000:]))
     if opts.raw:
@@ -314,7 +327,8 @@ def fmt(v, unit):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--boots", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=1, help="rounds of block/cpu rows per boot")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds of the block rows per boot")
+    ap.add_argument("--cpu-rounds", type=int, default=3, help="rounds of the CPU rows per boot")
     ap.add_argument("--only", default="block,net,cpu")
     ap.add_argument("--kernel", default=str(ROOT.parent / "shared" / "linux" / "vmlinux"))
     ap.add_argument("--mem", type=int, default=64)
@@ -344,7 +358,7 @@ def main():
     with tempfile.TemporaryDirectory(prefix="pylguest-linux-bench-") as tmp:
         data = Path(tmp) / "data.img"
         script = Path(tmp) / "script.img"
-        data_image(data)
+        data_image(data, DATA_MB if "block" in opts.only else 1)
         script_image(script, SCRIPT % {"elf": printf_octal(tiny_exit_elf()),
                                        "host": HOST_IP})
         for _ in range(opts.boots):
@@ -362,10 +376,10 @@ def main():
         import json
         with open(opts.json, "w") as f:
             json.dump({"boots": runs, "walls": walls, "cpus": cpus, "loads": loads}, f)
-    print("Linux guest on pylguest (%s, %d MiB, %d boot(s) x %d round(s), medians; "
-          "load average %.1f-%.1f on %d CPUs)"
-          % (kernel.name, opts.mem, opts.boots, opts.rounds, min(loads), max(loads),
-             os.cpu_count()))
+    print("Linux guest on pylguest (%s, %d MiB, %d boot(s) x %d block / %d CPU round(s), "
+          "medians; load average %.1f-%.1f on %d CPUs)"
+          % (kernel.name, opts.mem, opts.boots, opts.rounds, opts.cpu_rounds, min(loads),
+             max(loads), os.cpu_count()))
     print("  %-34s %10s %12s %7s %9s %9s %9s" % ("", "pylguest", "real lguest", "ratio",
                                                  "QEMU", "goal", "host CPU"))
     keys = [k for g in opts.only for k in GROUPS[g]]
