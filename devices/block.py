@@ -286,9 +286,6 @@ class DoneBatch:
                 ranges.append((gpa, ln))
         self.used.append((head, length))
 
-    def __len__(self):
-        return len(self.used)
-
     def age(self):
         return 0.0 if self.since is None else time.monotonic() - self.since
 
