@@ -389,9 +389,9 @@ def serve_ring(vq, vblk, done_fd):
     wait_for_vq_desc() loop in its block thread, in our worker.
 
     While we are awake the Guest is told not to kick (VRING_USED_F_NO_NOTIFY):
-    we will find what it adds.  Completions go down the done pipe once per
-    pass (3.16 sent its interrupt when the ring ran dry), or sooner when
-    the oldest has waited BATCH_SECS.  Before going back to sleep we let
+    we will find what it adds.  The first completion of a pass goes down the
+    done pipe at once, the rest together when the ring runs dry (when 3.16
+    sent its interrupt), or sooner when the oldest has waited BATCH_SECS.  Before going back to sleep we let
     the Guest kick again and look once more, for a request added while it
     still saw the flag; the caller looks once more after IDLE_RECHECK (see
     io_worker)."""
@@ -400,8 +400,14 @@ def serve_ring(vq, vblk, done_fd):
     vq.suppress_notify(True)
     try:
         while True:
+            first = True
             while service_io(vq, vblk, batch, run):
-                if batch.age() >= BATCH_SECS:
+                # The first request of a pass goes at once: the Guest is likeliest
+                # to be waiting for it (a readahead window's first page, which the
+                # reader wants now; a lone synchronous read).  The rest wait for
+                # their neighbours.
+                if first or batch.age() >= BATCH_SECS:
+                    first = False
                     run.serve()
                     batch.send()
             run.serve()

@@ -43,6 +43,11 @@ IRQS = 16                 # LHREQ_IRQ: Events.irqs says which
 FOREIGN_WRITE = 32        # Guest memory written behind the CPU's back: Events.dirty says where
 INPUT = 64                # a halted sleep saw one of the Launcher's input fds readable
 
+# Channel.state[0], for the Waker (Breaker.host_waiting)
+IN_GUEST = 0              # in read(): the Guest runs, or the Host is busy with it
+HALT_WATCHING = 1         # in read(): halted, watching the Launcher's input fds
+LAUNCHER = 2              # out of read(): the Launcher looks at its input itself
+
 
 class Events:
     """What happened outside the Guest that the run loop must look at: one word of bits
@@ -190,10 +195,11 @@ class Breaker:
         return self._sock.fileno()
 
     def host_waiting(self):
-        """True while the Guest sleeps in HALT and the Host waits for the Launcher's
-        input fds itself (LguestDev.wake_on_input): readable input will wake the
-        Launcher without a BREAK.  (A byte in memory shared with the Host.)"""
-        return self._state is not None and self._state[0] == 1
+        """True while readable input reaches the Launcher without a BREAK: the Guest
+        sleeps in HALT and the Host waits for the Launcher's input fds itself, or
+        read() has returned and the Launcher looks at its input before it reads again
+        (LguestDev.wake_on_input).  (A byte in memory shared with the Host.)"""
+        return self._state is not None and self._state[0] != IN_GUEST
 
     def write(self, req):
         if len(req) != 2 or req[0] != LHREQ_BREAK or req[1] != 1:
@@ -220,9 +226,9 @@ class Channel:
         self.breaks_received = 0   # under events.lock: the thread, or a halted run loop
         self.breaks_released = 0   # main
         self.waker_gone = False
-        # One byte the Waker can read: 1 while a halted sleep watches the Launcher's
-        # input (Breaker.host_waiting).  Shared anonymous memory, made now so the
-        # Waker, forked after LHREQ_INITIALIZE, shares it.
+        # One byte the Waker can read (IN_GUEST, HALT_WATCHING or LAUNCHER): see
+        # Breaker.host_waiting.  Shared anonymous memory, made now so the Waker,
+        # forked after LHREQ_INITIALIZE, shares it.
         self.state = mmap.mmap(-1, 1)
         self.host_sock = None
         self.waker_sock = None
@@ -355,7 +361,7 @@ class Channel:
             fds.append(sock)
         fds.extend(input_fds)
         if input_fds:
-            self.state[0] = 1
+            self.state[0] = HALT_WATCHING
         try:
             r, _, _ = select.select(fds, [], [], timeout)
         except InterruptedError:
@@ -365,7 +371,7 @@ class Channel:
             if timeout:
                 time.sleep(min(timeout, RECHECK))
         finally:
-            self.state[0] = 0
+            self.state[0] = IN_GUEST
         if ev.wake_fd in r:
             try:
                 os.read(ev.wake_fd, 4096)

@@ -23,6 +23,7 @@ import os
 
 from .abi import (LGUEST_IRQS, LHREQ_BREAK, LHREQ_EVENTFD, LHREQ_INITIALIZE, LHREQ_IRQ,
                   PAGE_SIZE)
+from .channel import IN_GUEST, LAUNCHER
 from .core import Guest, GuestDied
 from .cpu import HOST_PHYS
 
@@ -97,8 +98,14 @@ class LguestDev:
             raise GuestDied(g.dead, g.poweroff, g.restart)
         # If we returned last time because the Guest sent I/O, that is done now.
         g.pending_notify = 0
-        g.channel.start()
-        return g.run_guest()
+        ch = g.channel
+        ch.start()
+        ch.state[0] = IN_GUEST
+        try:
+            return g.run_guest()
+        finally:
+            if g.input_fds:
+                ch.state[0] = LAUNCHER     # it looks at its input before reading again
 
     def wake_on_input(self, fds):
         """API extension, not in lguest: while the Guest is halted, read() also returns
@@ -110,7 +117,12 @@ class LguestDev:
         the Launcher's input as well: a disk request finished or a frame arriving then
         wakes the Launcher in one step, not three (Waker, BREAK, Host).  The Waker
         still watches while the Guest runs, and sends no BREAK for input the Launcher
-        has served (waker/)."""
+        has served (waker/).
+
+        In return the Launcher promises to look at its input fds itself after every
+        read() that returns, before it reads again (launcher.py does, after a NOTIFY
+        as after a BREAK): while it is out of read() too, the Waker sends no BREAK
+        (Breaker.host_waiting)."""
         if self.guest is None:
             raise ValueError("LHREQ_INITIALIZE first (EINVAL)")
         self.guest.input_fds = fds

@@ -29,7 +29,7 @@ except ImportError:             # host/ not written yet: the Linux 3.16 value
     LHREQ_BREAK = 3
 
 _INT = struct.Struct("i")
-#: how long we leave readable input to a Host that waits for it in HALT (seconds)
+#: how long we leave readable input to a Launcher that will see it anyway (seconds)
 HALT_GRACE = 0.0005
 
 __all__ = ["setup_waker", "wake_parent", "breaker_fds", "reap_children",
@@ -110,10 +110,11 @@ def wake_parent(pipefd, breaker, watched):
             STATS.bump("breaks_skipped")
             continue
         # The Guest may be asleep in HALT with the Host waiting for this very
-        # input (LguestDev.wake_on_input): it is already on its way to the
-        # Launcher, and a BREAK would only cost a stop to clear.  Look again
-        # in a moment (sooner if the Launcher writes to us): served, or still
-        # there with the Guest running again, and then we BREAK as ever.
+        # input, or the Launcher out of the Guest and about to look at its
+        # input itself (LguestDev.wake_on_input): it is on its way to the
+        # Launcher already, and a BREAK would only cost a stop to clear.  Look
+        # again in a moment (sooner if the Launcher writes to us): served, or
+        # still there with the Guest running again, and then we BREAK as ever.
         waiting = getattr(breaker, "host_waiting", None)
         if waiting is not None and waiting():
             STATS.bump("breaks_deferred")
