@@ -358,14 +358,10 @@ def run_guest(lg, devices):
         # waiting (a reply the host made to the frame we just sent, a
         # finished disk request) rather than go back in and have the Waker
         # BREAK us out for it.  Not in the C, where a BREAK cost a syscall;
-        # here it costs three process wake-ups.  Then clear any BREAK the
-        # Waker sent for it meanwhile, as the C's BREAK 0 cleared every
-        # BREAK written before it.
-        if devices.handle_input(lg):
-            try:
-                lg.write((LHREQ_BREAK, 0))
-            except (ValueError, OSError):
-                err("Resetting break")
+        # here it costs three process wake-ups.  (The Waker sends none while
+        # we are out of read(): LguestDev.wake_on_input.  One it sent just
+        # before costs an EAGAIN with nothing to do, below.)
+        devices.handle_input(lg)
 
 
 # --- The command line ---------------------------------------------------------
