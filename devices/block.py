@@ -31,9 +31,10 @@ Guest believing in a write the disk has not had.
 
 Two things keep the traffic down, both as the 3.16 Launcher's device threads
 did: while the worker is awake it sets VRING_USED_F_NO_NOTIFY, so the Guest
-doesn't kick for requests it will find anyway; and it reports what it did in
-one write per pass over the ring, so one Waker wake-up, one BREAK and one
-interrupt cover many requests.
+doesn't kick for requests it will find anyway; and it reports a pass over the
+ring in two writes (the first request at once, the rest when the ring runs
+dry), so one wake-up of the Launcher and one interrupt cover many requests.
+Neighbouring reads in a pass are one preadv() (ReadRun).
 """
 
 import os
