@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+import lgtrace
+
 from .abi import LHREQ_BREAK
 from .ucinternals import StopRequest
 
@@ -88,6 +90,7 @@ class Events:
             self.bits |= bits
         self.stop.set()               # after the bits: see the class docstring
         self.wake.set()
+        if lgtrace.on: lgtrace.raised(bits)
 
     def raise_irq(self, irq):
         """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
