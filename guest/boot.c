@@ -256,10 +256,10 @@ u32 hcalls_queued[LHCALL_COUNTED];
  * lghcalls=1: before powering off, one line per hypercall we made,
  * "hcalls: NUMBER NAME trap=N async=M", after a "hcalls: total ..." line, for
  * comparing with the Host's --stats.  The lines go out through the early
- * console, one NOTIFY each (every line is shorter than its 127 bytes), and
- * those NOTIFYs and the SHUTDOWN that follows are counted before printing, so
- * the numbers cover the whole run.  Interrupts stay off from here on: a
- * handler's hypercall now would make them wrong.
+ * console, one NOTIFY each (every line is shorter than its 127 bytes): we
+ * print a copy of the counts to which those NOTIFYs and the SHUTDOWN that
+ * follows are already added, so the numbers cover the whole run.  Interrupts
+ * stay off from here on: a handler's hypercall now would make them wrong.
  */
 static void report_hcalls(void)
 {
@@ -274,27 +274,29 @@ static void report_hcalls(void)
 		[LHCALL_NOTIFY] = "NOTIFY", [LHCALL_LOAD_GDT_ENTRY] = "LOAD_GDT_ENTRY",
 		[LHCALL_SEND_INTERRUPTS] = "SEND_INTERRUPTS",
 	};
+	u32 trapped[LHCALL_COUNTED];
 	char line[96];
 	unsigned int i, lines = 1;
-	u32 trapped = 0, queued = 0;
+	u32 total = 0, queued = 0;
 
 	irq_disable();
-	hcalls_trapped[LHCALL_SHUTDOWN]++;
+	memcpy(trapped, hcalls_trapped, sizeof(trapped));
+	trapped[LHCALL_SHUTDOWN]++;
 	for (i = 0; i < LHCALL_COUNTED; i++)
-		if (hcalls_trapped[i] || hcalls_queued[i] || i == LHCALL_NOTIFY)
+		if (trapped[i] || hcalls_queued[i] || i == LHCALL_NOTIFY)
 			lines++;
-	hcalls_trapped[LHCALL_NOTIFY] += lines;
+	trapped[LHCALL_NOTIFY] += lines;
 	for (i = 0; i < LHCALL_COUNTED; i++) {
-		trapped += hcalls_trapped[i];
+		total += trapped[i];
 		queued += hcalls_queued[i];
 	}
-	snprintf(line, sizeof(line), "hcalls: total trap=%u async=%u\n", trapped, queued);
+	snprintf(line, sizeof(line), "hcalls: total trap=%u async=%u\n", total, queued);
 	early_puts(line, strlen(line));
 	for (i = 0; i < LHCALL_COUNTED; i++) {
-		if (!hcalls_trapped[i] && !hcalls_queued[i])
+		if (!trapped[i] && !hcalls_queued[i])
 			continue;
 		snprintf(line, sizeof(line), "hcalls: %u %s trap=%u async=%u\n", i,
-			 names[i] ? names[i] : "?", hcalls_trapped[i], hcalls_queued[i]);
+			 names[i] ? names[i] : "?", trapped[i], hcalls_queued[i]);
 		early_puts(line, strlen(line));
 	}
 }
