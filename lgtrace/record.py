@@ -34,9 +34,10 @@ import lgtrace
 now = time.monotonic_ns
 
 #: Default bound: the last this many events of the Launcher (a Linux boot to
-#: poweroff makes about 40000); each child keeps min(limit, RING_RECORDS).
+#: poweroff makes about 40000); each child keeps min(limit, RING_RECORDS) records of
+#: 64 bytes (a block request is two).
 DEFAULT_EVENTS = 1_000_000
-RING_RECORDS = 65536
+RING_RECORDS = 262144
 
 #: tid of the Guest's own track ("Guest vCPU 0") in the Launcher's process: above
 #: any real thread id (Linux's pid_max is at most 2**22).
