@@ -433,9 +433,9 @@ def parse_args(argv):
                         "events of the Launcher and the last min(N, %d) of each "
                         "child process (see --trace-events)" % RING_RECORDS)
     p.add_argument("--trace-events", metavar="N", default=str(DEFAULT_EVENTS),
-                   help="(ours) the N of --trace: default %d, about 150 bytes "
-                        "of file each (a Linux boot makes some 40000)"
-                   % DEFAULT_EVENTS)
+                   help="(ours) the N of --trace: default %d; each event takes "
+                        "about 200 bytes of memory until the exit and 150 of file "
+                        "(a Linux boot makes some 40000)" % DEFAULT_EVENTS)
     p.add_argument("--stats", action="store_true",
                    help="(ours) at exit, print on stderr a table like `perf kvm "
                         "stat report`'s: the Guest's exits by kind with count "

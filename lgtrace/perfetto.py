@@ -240,7 +240,9 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
                 tr.add(pid, pid, ts, "E", args={
                     "released": "by LHREQ_BREAK 0" if a else "the Launcher is gone"})
             elif k == K_KICKS:
-                tr.add(pid, pid, ts, "i", "workpipe: %d kick%s" % (a, "" if a == 1 else "s"),
+                what = ["%d kick%s" % (a, "" if a == 1 else "s")] if a else []
+                what += ["a reset"] if b == 1 else ["%d resets" % b] if b else []
+                tr.add(pid, pid, ts, "i", "workpipe: " + ", ".join(what),
                        {"kicks": a, "resets": b, "kicks so far": c}, s="t")
             elif k == K_BLK:
                 tr.add(pid, pid, ts, "B", BLK_TYPES.get(a, "blk type %d" % a),
@@ -307,12 +309,10 @@ def _write_json(f, tr, run, lpid, thread_names, rings, names, full, kept, childr
     # traceEvents first: Perfetto's importer stops at a top-level key it doesn't know,
     # and takes "displayTimeUnit" as the unit of every ts (so there is none).
     f.write('{"traceEvents": [\n')
-    first = True
-    for ev in meta:
-        f.write(("" if first else ",\n") + json.dumps(ev))
-        first = False
+    enc = json.JSONEncoder(separators=(",", ":")).encode
+    f.write(",\n".join(enc(ev) for ev in meta))
     for ev in tr.events():
-        f.write(",\n" + json.dumps(ev))
+        f.write(",\n" + enc(ev))
     f.write('\n],\n"otherData": ')
     f.write(json.dumps({
         "pylguest": "launcher.py --trace (issue 17)",

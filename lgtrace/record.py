@@ -34,9 +34,10 @@ import lgtrace
 now = time.monotonic_ns
 
 #: Default bound: the last this many events of the Launcher (a Linux boot to
-#: poweroff makes about 40000); each child keeps min(limit, RING_RECORDS) records of
-#: 64 bytes (a block request is two).
-DEFAULT_EVENTS = 1_000_000
+#: poweroff makes about 40000; each takes some 200 bytes of memory until the end, and
+#: 100-150 of file); each child keeps min(limit, RING_RECORDS) records of 64 bytes (a
+#: block request is two).
+DEFAULT_EVENTS = 250_000
 RING_RECORDS = 262144
 
 #: tid of the Guest's own track ("Guest vCPU 0") in the Launcher's process: above
@@ -180,6 +181,7 @@ def finish(devices=None):
     t_end = now()
     host.close_open_exit(t_end)
     events = list(EVENTS) if EVENTS is not None else []
+    full = EVENTS is not None and len(events) == EVENTS.maxlen
     counters = list(COUNTERS)
     if _trace_fd is not None:
         from . import perfetto
@@ -190,14 +192,14 @@ def finish(devices=None):
                 if regular:
                     f.seek(0)
                     f.truncate()
-                perfetto.write(f, RUN, events, len(EVENTS) == EVENTS.maxlen,
-                               read_rings(), dict(_thread_names), devices, t_end)
+                perfetto.write(f, RUN, events, full, read_rings(), dict(_thread_names),
+                               devices, t_end)
         except Exception as e:         # a full disk, a bug: never a traceback at exit
             if os.environ.get("PYLGUEST_TRACEBACK"):
                 import traceback
                 traceback.print_exc()
             _warn("Writing trace: %s" % (getattr(e, "strerror", None) or e))
-    if RUN.get("stats"):
+    if RUN.get("stats") and host.STATE["first"] is not None:     # the Guest ran
         from . import stats
         try:
             sys.stdout.flush()
