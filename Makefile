@@ -27,7 +27,7 @@ LINUX_OUT  ?= build/linux
 # The Linux 3.16 C Launcher, for `make run-c`.
 C_LAUNCHER ?= $(LINUX_DIR)/lguest-launcher-3.16-dynamic
 
-.PHONY: all run run-linux run-c linux-kernel-given test bench guest linux-initrd linux-config linux-kernel
+.PHONY: all run run-linux run-c linux-kernel-given test bench soak guest linux-initrd linux-config linux-kernel
 .PHONY: clean distclean i386-libc
 
 all: $(STAMP) $(GUEST) $(GUEST_PAE) $(DISK) $(SHIM)
@@ -107,8 +107,14 @@ run-c: linux-kernel-given all $(INITRD)
 test: all $(LINUX_TEST_DEPS)
 	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
+# bench/soak.py runs for minutes: it has a target of its own.
 bench: all
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	for b in $(filter-out bench/soak.py,$(wildcard bench/*.py)); do $(PY) $$b || exit 1; done
+
+# The soak of a real Linux Guest (README "The soak"): root, MINUTES= long.
+MINUTES ?= 10
+soak: linux-kernel-given all $(INITRD)
+	$(PY) bench/soak.py --minutes $(MINUTES) --kernel $(KERNEL)
 
 clean:
 	$(MAKE) -C guest clean
