@@ -3,7 +3,12 @@
 
     .venv/bin/python bench/trace_cost.py [--runs N] [--kernel K]
 
-Boots the same Linux Guest (64 MiB, a copy of images/disk.img as /dev/vda, the
+First the hot paths: the CPU time of a hypercall round trip and of a trap delivered to
+ring 3 (bench/hypercall.py's tiny Guest straight on the Host), median of --runs
+processes per mode, each mode in a fresh process (the options are global).  CPU time,
+not wall time: on a shared machine the wall clock measures the neighbours.
+
+Then boots the same Linux Guest (64 MiB, a copy of images/disk.img as /dev/vda, the
 project's initramfs, console=hvc0, pyl.end=poweroff) with neither option, with
 --stats, and with --trace, round-robin, --runs times each, and prints per mode the
 median of:
@@ -19,6 +24,7 @@ says so in one line and exits 0.
 """
 
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -56,11 +62,54 @@ def boot(kernel, initrd, disk, extra):
     return t_init, t_exit, ru.ru_utime + ru.ru_stime
 
 
+def hot_paths(mode):
+    """In a process of its own: (CPU seconds per hypercall, per trap) with mode on."""
+    sys.path.insert(0, os.path.join(ROOT, "tests", "guests"))
+    import lgtrace
+    from harness import GuestDied, TinyGuest
+    if mode == "--stats":
+        lgtrace.start(stats=True)
+    elif mode == "--trace":
+        fd, path = tempfile.mkstemp(prefix="pylguest-trace-cost-")
+        os.unlink(path)
+        lgtrace.start(fd, limit=100_000)
+
+    def per_op(guest_mode, n):
+        g = TinyGuest("bench", guest_mode, (n,))
+        try:
+            assert g.read() == 1
+            t = time.process_time()
+            try:
+                g.read()
+            except GuestDied:
+                pass              # the trap benchmark ends with an unhandled #GP
+            return (time.process_time() - t) / n
+        finally:
+            g.close()
+    return per_op(0, 200_000), per_op(1, 50_000)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--kernel", default=os.path.join(SHARED, "vmlinux"))
+    ap.add_argument("--hot", choices=MODES, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.hot:
+        print(json.dumps(hot_paths(a.hot)))
+        return 0
+    hot = {m: [] for m in MODES}
+    for _ in range(a.runs):
+        for mode in MODES:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--hot=" + mode],
+                                 capture_output=True, text=True, check=True).stdout
+            hot[mode].append(json.loads(out))
+    print("Hot paths, CPU time per operation, median of %d processes each:" % a.runs)
+    base = [statistics.median(h[i] for h in hot["neither"]) for i in range(2)]
+    for mode in MODES:
+        m = [statistics.median(h[i] for h in hot[mode]) for i in range(2)]
+        print("  %-8s  hypercall round trip %6.3f us (x%.2f)   trap to ring 3 %6.2f us (x%.2f)"
+              % (mode, m[0] * 1e6, m[0] / base[0], m[1] * 1e6, m[1] / base[1]))
     if not os.path.exists(a.kernel):
         print("trace_cost: no kernel %s: skipped" % a.kernel)
         return 0

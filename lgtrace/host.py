@@ -148,13 +148,16 @@ def trap_hook(cpu, hook):
     ui = cpu.ui
     events = record.EVENTS
     state = STATE
+    exits = EXITS
 
     def traced(intno):
         t0 = now()
         if intno == LGUEST_TRAP_ENTRY and (ui.cs & 3) == GUEST_PL:
-            args = ui.hcall_args()
-            key = args[0]
-            if events is not None:
+            if events is None:
+                key = ui.eax
+            else:
+                args = ui.hcall_args()
+                key = args[0]
                 # A NOTIFY may be an early console string: keep its first bytes.
                 text = (bytes(cpu.mem[args[1]:min(args[1] + 80, cpu.mem_limit)])
                         if key == LHCALL_NOTIFY else None)
@@ -169,9 +172,19 @@ def trap_hook(cpu, hook):
                 events.append(("trap", t0, intno, ui.eip, ui.error_code(),
                                ui.cr2 if intno == 14 else None))
         hook(intno)
-        if cpu.exit is None:          # it runs on in this emu_start()
+        if cpu.exit is None:          # it runs on in this emu_start(): _account(), inline
             t1 = now()
-            _account(key, t1 - t0)
+            dt = t1 - t0
+            s = exits.get(key)
+            if s is None:
+                exits[key] = [1, dt, dt, dt]
+            else:
+                s[0] += 1
+                s[1] += dt
+                if dt < s[2]:
+                    s[2] = dt
+                elif dt > s[3]:
+                    s[3] = dt
             if events is not None:
                 events.append(("end", t1))
         else:

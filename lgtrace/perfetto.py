@@ -25,6 +25,7 @@ the interrupt's delivery; the clock's TIMER -> IRQ 0; the Waker's BREAK -> the
 helper thread -> the run loop taking it.
 """
 
+import collections
 import heapq
 import json
 
@@ -110,14 +111,18 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
     thread_names: {tid: name}; devices: the DeviceList or None; t_end: finish time."""
     names = Names(devices)
     tr = _Trace(run, names, t_end)
+    anchors = collections.defaultdict(dict)   # what arrows start or end at: (pid, tid, ts)
+    lists = collections.defaultdict(list)
+    _launcher(tr, run, events, names, anchors, lists)
+    children = _children(tr, rings, names, anchors, lists)
+    _flows(tr, anchors, lists)
+    _write_json(f, tr, run, run["pid"], thread_names, rings, names, full, len(events),
+                children)
+
+
+def _launcher(tr, run, events, names, anchors, lists):
+    """The Launcher's events: the vCPU track, its threads' tracks."""
     lpid = run["pid"]
-    kicks = {}              # (irq, seq) -> (pid, tid, ts)
-    raises = {}             # LHREQ_IRQ id -> (pid, tid, ts)
-    causes = {}             # TIMER cause id -> (pid, tid, ts)
-    breaks = {}             # BREAK seq -> (pid, tid, ts) of the helper's raise
-    lhreq_reqs = []         # ((pid, tid, ts), [(worker pid, request)])
-    irq_causes = []         # ((pid, tid, ts), [ids])
-    break_taken = []        # (pid, tid, ts) of each taken BREAK, in order
     v = VCPU_TID
     syms = Symbols(run["kernel"]) if run.get("kernel") else None
     placed = {}
@@ -170,7 +175,7 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
             if why is None:
                 tr.add(lpid, v, ts, "i", "IRQ %d delivered" % irq, a, s="t")
                 if ids:
-                    irq_causes.append(((lpid, v, ts), ids))
+                    lists["deliveries"].append(((lpid, v, ts), ids))
             else:
                 a["why"] = why
                 tr.add(lpid, v, ts, "i", "IRQ %d held back: %s" % (irq, why), a, s="t")
@@ -179,16 +184,16 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
             a = {"events": _bits(bits)}
             if cause:
                 a["clock event"] = "fired: IRQ 0 pending"
-                causes[cause] = (lpid, v, ts)
+                anchors["cause"][cause] = (lpid, v, ts)
             if bits & BREAK:
-                break_taken.append((lpid, v, ts))
+                lists["break taken"].append((lpid, v, ts))
             tr.add(lpid, v, ts, "i", "run loop takes " + _bits(bits), a, s="t")
         elif what == "raised":
             _, _, tid, bits, seq = ev
             tr.add(lpid, tid, ts, "i", "raise " + _bits(bits), {"events": _bits(bits)},
                    s="t")
             if seq:
-                breaks[seq] = (lpid, tid, ts)
+                anchors["break raised"][seq] = (lpid, tid, ts)
         elif what == "read":
             tr.add(lpid, ev[2], ts, "B", "read /dev/lguest")
         elif what == "read_end":
@@ -202,7 +207,7 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
             _, _, tid, irq, seq, dur = ev
             tr.add(lpid, tid, ts, "X", "kick: " + names.irq(irq),
                    {"irq": irq, "kick": seq}, dur=round(dur / 1000, 3))
-            kicks[(irq, seq)] = (lpid, tid, ts)
+            anchors["kick"][(irq, seq)] = (lpid, tid, ts)
         elif what == "input":
             _, _, tid, fd, dur = ev
             tr.add(lpid, tid, ts, "X", "input: " + names.fd.get(fd, "fd %d" % fd),
@@ -215,16 +220,15 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
             _, _, tid, irq, rid, reqs = ev
             tr.add(lpid, tid, ts, "i", "LHREQ_IRQ %d" % irq,
                    {"irq": irq, "queue": names.irq(irq)}, s="t")
-            raises[rid] = (lpid, tid, ts)
+            anchors["cause"][rid] = (lpid, tid, ts)
             if reqs:
-                lhreq_reqs.append(((lpid, tid, ts), reqs))
+                lists["reported"].append(((lpid, tid, ts), reqs))
         elif what == "break0":
             tr.add(lpid, ev[2], ts, "i", "LHREQ_BREAK 0: the Waker may go on", s="t")
 
-    # The children.
-    requests = {}           # (worker pid, request) -> (pid, tid, ts)
-    kick_to_req = []        # ((irq, kick), (pid, tid, ts))
-    waker_breaks = []       # (seq, (pid, tid, ts))
+
+def _children(tr, rings, names, anchors, lists):
+    """The Waker's and the block workers' records; returns what otherData says of them."""
     children = []
     for pid, kind, dropped, recs in rings:
         label = names.worker.get(pid)
@@ -235,7 +239,7 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
                 fds = (c, d, e, g)[:b]
                 what = ", ".join("fd %d: %s" % (fd, names.fd.get(fd, "?")) for fd in fds)
                 tr.add(pid, pid, ts, "B", "BREAK", {"readable": what, "break": a})
-                waker_breaks.append((a, (pid, pid, ts)))
+                lists["waker breaks"].append((a, (pid, pid, ts)))
             elif k == K_RELEASED:
                 tr.add(pid, pid, ts, "E", args={
                     "released": "by LHREQ_BREAK 0" if a else "the Launcher is gone"})
@@ -248,32 +252,35 @@ def write(f, run, events, full, rings, thread_names, devices, t_end):
                 tr.add(pid, pid, ts, "B", BLK_TYPES.get(a, "blk type %d" % a),
                        {"sector": b, "length": c, "request": e, "kick": d,
                         "device": label or "?"})
-                requests[(pid, e)] = (pid, pid, ts)
+                anchors["request"][(pid, e)] = (pid, pid, ts)
                 if d:
-                    kick_to_req.append(((g, d), (pid, pid, ts)))
+                    lists["kicked"].append(((g, d), (pid, pid, ts)))
             elif k == K_BLK_END:
                 tr.add(pid, pid, ts, "E", args={"status": BLK_STATUS.get(a, a)})
+    return children
 
-    for key, dst in kick_to_req:
-        tr.flow("kick -> request", kicks.get(key), dst)
-    for src, reqs in lhreq_reqs:
+
+def _flows(tr, anchors, lists):
+    """The arrows, from what the records say caused what."""
+    for key, dst in lists["kicked"]:
+        tr.flow("kick -> request", anchors["kick"].get(key), dst)
+    for src, reqs in lists["reported"]:
         for req in reqs:
-            tr.flow("request -> LHREQ_IRQ", requests.get(tuple(req)), src)
-    for dst, ids in irq_causes:
+            tr.flow("request -> LHREQ_IRQ", anchors["request"].get(tuple(req)), src)
+    for dst, ids in lists["deliveries"]:
         for i in ids:
-            tr.flow("interrupt -> delivery", raises.get(i) or causes.get(i), dst)
-    bt = iter(break_taken)
-    taken_at = next(bt, None)
-    for seq in sorted(breaks):
-        src = breaks[seq]
-        while taken_at is not None and taken_at[2] < src[2]:
-            taken_at = next(bt, None)
-        tr.flow("BREAK -> run loop", src, taken_at)
-    for seq, src in waker_breaks:
-        tr.flow("Waker BREAK -> helper thread", src, breaks.get(seq))
-
-    _write_json(f, tr, run, lpid, thread_names, rings, names, full, len(events),
-                children)
+            tr.flow("interrupt -> delivery", anchors["cause"].get(i), dst)
+    # The helper thread's n-th BREAK is the Waker's n-th; the run loop takes it next.
+    taken = iter(lists["break taken"])
+    at = next(taken, None)
+    raised = anchors["break raised"]
+    for seq in sorted(raised):
+        src = raised[seq]
+        while at is not None and at[2] < src[2]:
+            at = next(taken, None)
+        tr.flow("BREAK -> run loop", src, at)
+    for seq, src in lists["waker breaks"]:
+        tr.flow("Waker BREAK -> helper thread", src, raised.get(seq))
 
 
 def _write_json(f, tr, run, lpid, thread_names, rings, names, full, kept, children):
