@@ -356,6 +356,10 @@ def handle_io_finish(lg, dev):
     if not data:
         _worker_gone(vblk)
     done, _ = _take_records(lg, dev, data)
+    if vblk.said_why:
+        # Its last words are printed: leave now, before another device served in
+        # this round (the console's end of input) prints anything after them.
+        _worker_gone(vblk)
     if done:
         STATS.bump("blk_done_seen", done)
         STATS.bump("blk_irqs")

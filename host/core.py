@@ -166,6 +166,9 @@ class Guest:
     def tlb_flush(self):
         self.ui.flush_tlb()
 
+    def tlb_flush_page(self, vaddr):
+        self.ui.flush_tlb_page(vaddr)
+
     def set_cr3(self, val):
         self.ui.cr3 = val
 

@@ -146,7 +146,9 @@ def install_hooks(cpu):
     uc.hook_add(UCC.UC_HOOK_INSN_INVALID, hook_invalid)
     uc.hook_add(UCC.UC_HOOK_INSN, hook_in, None, 1, 0, X.UC_X86_INS_IN)
     uc.hook_add(UCC.UC_HOOK_INSN, hook_out, None, 1, 0, X.UC_X86_INS_OUT)
-    uc.hook_add(UCC.UC_HOOK_MEM_INVALID, hook_mem_invalid)
+    # Only where the Guest has no memory: a memory hook over an address keeps every
+    # store there on the engine's slow path (patches/unicorn/0001).
+    uc.hook_add(UCC.UC_HOOK_MEM_INVALID, hook_mem_invalid, None, cpu.mem_limit, (1 << 64) - 1)
 
 
 def software_int(cpu, num):

@@ -76,6 +76,15 @@ class PtyLauncher:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             raise
+        # Its last lines may still be in the pty: let the pump read them (it sees no
+        # end-of-file, as we hold the slave side open) until nothing new comes.
+        seen, quiet = -1, time.monotonic()
+        while time.monotonic() - quiet < 0.2:
+            with self._lock:
+                n = len(self._buf)
+            if n != seen:
+                seen, quiet = n, time.monotonic()
+            time.sleep(0.02)
         err = self.proc.stderr.read().decode(errors="replace")
         return status, err
 

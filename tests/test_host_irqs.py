@@ -197,8 +197,11 @@ def test_timer_interrupts_ring3(guest):
     notes, died = run(g)
     assert died.poweroff
     log = g.log()
-    assert [e["vec"] for e in log] == [0x80, 0x20, 0x80]
-    tick = log[1]
+    # A tick may come before the Guest reaches ring 3 on a loaded host; the Guest
+    # then waits for the next one.
+    vecs = [e["vec"] for e in log]
+    assert vecs[0] == vecs[-1] == 0x80 and set(vecs[1:-1]) == {0x20}
+    tick = log[-2]
     assert tick["cs"] == 0x73 and tick["uss"] == 0x7b and tick["uesp"] == 0x50000
     assert tick["eflags"] & 0x200
 
@@ -279,3 +282,31 @@ def test_stray_stop_flag_is_not_a_triple_fault(guest):
     t.join(2)
     assert len(stopped) > 50
     assert g.peek(g.sym("saved")) > 0
+
+
+def test_a_lost_stop_is_made_good(guest):
+    """A stop made while the engine is between runs is lost (emu_start() clears it).
+    Leave an event raised with no stop at all, as such a loss does, under a Guest that
+    spins with no exit of its own: the helper thread's next stop must still come."""
+    from host.channel import BREAK
+    g = guest(7)
+    assert g.read() == 1
+    ch = g.lg.guest.channel
+    done = threading.Event()
+
+    def lose_a_stop():
+        time.sleep(0.05)
+        with ch.events.lock:
+            ch.events.bits |= BREAK           # raised, but its stop never reached us
+        ch._poke()                            # what raise_() from another thread does
+        if not done.wait(5):                  # no retry: end the test, don't hang it
+            ch.events.raise_(BREAK)
+    t = threading.Thread(target=lose_a_stop)
+    t.start()
+    t0 = time.monotonic()
+    with pytest.raises(BlockingIOError):
+        g.read()
+    took = time.monotonic() - t0
+    done.set()
+    t.join(10)
+    assert took < 2, took                     # a tick (1 ms), not the 5 s fallback

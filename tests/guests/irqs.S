@@ -141,7 +141,11 @@ s_user_irq:                           /* 9: the clock interrupts ring 3 */
 cb_user:
 	cmpl $0x20, %ecx
 	jne 1f
+	testl $3, 48(%esp)            /* the frame's %cs: did the tick find us in ring 3? */
+	jz 3f                         /* no (a busy host was slow to get there): again */
 	movl $1, done
+	ret
+3:	HC LHCALL_SET_CLOCKEVENT, $1000000
 	ret
 1:	cmpl $0x80, %ecx
 	jne 2f
