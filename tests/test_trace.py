@@ -182,7 +182,7 @@ def test_a_sigkilled_worker_keeps_its_events(tmp_path):
         worker = None
         while worker is None and time.monotonic() < deadline:
             kids = sorted(psutil.Process(proc.pid).children(),
-                          key=lambda p: p.create_time())
+                          key=lambda p: (p.create_time(), p.pid))
             if len(kids) == 2:
                 worker = kids[0]                    # forked first, at --block
             time.sleep(0.1)
