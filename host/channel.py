@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+import lgtrace
+
 from .abi import LHREQ_BREAK
 from .ucinternals import StopRequest
 
@@ -93,6 +95,7 @@ class Events:
         self.wake.set()
         if self.kick is not None:
             self.kick()               # the helper thread minds a stop that got lost
+        if lgtrace.on: lgtrace.raised(bits)
 
     def raise_irq(self, irq):
         """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
