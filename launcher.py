@@ -8,7 +8,11 @@ is the Python object in host/.
 Read it beside the C: each function's docstring names its counterpart.
 
     launcher.py [--verbose] [--tunnet=(IP|bridge:NAME)] [--block=FILE]
-                [--initrd=FILE] MEM_MB KERNEL [kernel args...]
+                [--initrd=FILE] [--trace=FILE [--trace-events=N]] [--stats]
+                MEM_MB KERNEL [kernel args...]
+
+--trace and --stats are ours, not the C Launcher's (lgtrace/: watch the Host
+work, in a Perfetto trace and a `perf kvm stat`-like table).
 
 Exit status: 0 when the Guest powered itself off, 2 after three ^C within a
 second on the console, 1 for every other death (a one-line "lguest: ..." on
@@ -28,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from devices.abi import DEVICE_PAGES, PAGE_SIZE, U16, U32      # noqa: E402
 from devices.errors import LauncherError, c_hex, err, errx     # noqa: E402
+import lgtrace                                                 # noqa: E402
+from lgtrace.record import DEFAULT_EVENTS, RING_RECORDS        # noqa: E402
 
 # --- Small helpers ---------------------------------------------------------
 
@@ -369,7 +375,8 @@ def run_guest(lg, devices):
 USAGE = ("Usage: lguest [--verbose] "
          "[--tunnet=(<ipaddr>|bridge:<bridgename>)\n"
          "|--block=<filename>|--initrd=<filename>]...\n"
-         "<mem-in-mb> vmlinux [args...]")
+         "<mem-in-mb> vmlinux [args...]\n"
+         "pylguest's own: [--trace=<filename> [--trace-events=<n>]] [--stats]")
 
 #: Largest Guest we agree to: RAM plus device pages must stay clear of the
 #: top 4 MiB of the 32-bit address space, which the Host keeps for itself
@@ -407,7 +414,8 @@ def parse_args(argv):
     p = _Parser(
         prog="launcher.py", add_help=False,
         usage="%(prog)s [--verbose] [--tunnet=(IP|bridge:NAME)] "
-              "[--block=FILE] [--initrd=FILE] MEM_MB KERNEL [kernel args...]",
+              "[--block=FILE] [--initrd=FILE] [--trace=FILE [--trace-events=N]] "
+              "[--stats] MEM_MB KERNEL [kernel args...]",
         description="Run a paravirtualised x86-32 lguest Guest (the lguest "
                     "Launcher, in Python, on an emulated Host).",
         epilog="Exit status: 0 when the Guest powers off, 2 after three ^C "
@@ -428,6 +436,22 @@ def parse_args(argv):
                         "(the first is /dev/vda)")
     p.add_argument("--initrd", metavar="FILE",
                    help="load FILE as the initial ramdisk at the top of RAM")
+    p.add_argument("--trace", metavar="FILE",
+                   help="(ours, not the C Launcher's) write a trace of what the "
+                        "Host, Launcher, Waker and block worker do to FILE, in "
+                        "the Chrome/Perfetto JSON format (open it in "
+                        "ui.perfetto.dev); written at exit, it keeps the last N "
+                        "events of the Launcher and the last min(N, %d) of each "
+                        "child process (see --trace-events)" % RING_RECORDS)
+    p.add_argument("--trace-events", metavar="N", default=str(DEFAULT_EVENTS),
+                   help="(ours) the N of --trace: default %d; each event takes "
+                        "about 200 bytes of memory until the exit and 150 of file "
+                        "(a Linux boot makes some 40000)" % DEFAULT_EVENTS)
+    p.add_argument("--stats", action="store_true",
+                   help="(ours) at exit, print on stderr a table like `perf kvm "
+                        "stat report`'s: the Guest's exits by kind with count "
+                        "and time, hypercalls, interrupts, and per virtqueue "
+                        "its kicks, interrupts, requests and bytes")
     p.add_argument("mem_mb", metavar="MEM_MB", help="Guest RAM in megabytes")
     p.add_argument("kernel", metavar="KERNEL",
                    help="the Guest kernel: an ELF vmlinux or a bzImage")
@@ -441,6 +465,10 @@ def parse_args(argv):
     if not 1 <= ns.mem_mb <= MAX_MEM_MB:
         errx("Memory size %u MB is out of range (1 to %u)"
              % (ns.mem_mb, MAX_MEM_MB))
+    n = ns.trace_events
+    if not (n.isascii() and n.isdigit() and int(n) > 0):
+        errx("Trace size '%s' is not a positive number of events" % n)
+    ns.trace_events = int(n)
     return ns
 
 
@@ -510,6 +538,8 @@ def cleanup():
         from devices import console, net
         console.restore_term()
         reap_children()
+        # The children are gone: their rings are complete.
+        lgtrace.finish(_state.get("devices"))
         if VERBOSE and "devices" in _state:
             try:
                 net.report(_state["devices"])
@@ -592,6 +622,23 @@ def _hand_signals_to_thread():
 
 # --- main ----------------------------------------------------------------------
 
+def start_tracing(ns):
+    """--trace and --stats (lgtrace/): before the first fork, and before the Guest
+    exists.  The trace file is opened (and emptied) now, so a path we can't write
+    is one line before anything starts; the children are the Waker and a block
+    worker per --block, each with a ring of its own."""
+    if ns.trace is None and not ns.stats:
+        return
+    fd = None
+    if ns.trace is not None:
+        try:
+            fd = os.open(ns.trace, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            err("Failed to open trace file %s" % ns.trace)
+    blocks = sum(1 for kind, _ in ns.devices if kind == "block")
+    lgtrace.start(fd, ns.stats, ns.trace_events, children=1 + blocks, kernel=ns.kernel)
+
+
 def launch(argv):
     """Everything main() in lguest.c does, in its order: memory first (before
     any fork), then the devices in command-line order, the console last, the
@@ -604,6 +651,7 @@ def launch(argv):
 
     ns = parse_args(argv)
     VERBOSE = ns.verbose
+    start_tracing(ns)
 
     # Guest memory: one shared mapping, made before any fork, so the block
     # worker and the Waker share the very same pages.  The device page is

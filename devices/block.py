@@ -43,6 +43,7 @@ import struct
 import threading
 import time
 
+import lgtrace
 from waker.procs import fork_child
 from waker.stats import STATS
 from host.trace import EV, SLOT_BLOCK, SLOT_LAUNCHER, TRACE
@@ -188,6 +189,9 @@ def service_io(vq, vblk, done, run=None):
         except OSError:
             pass
         rtype &= ~VIRTIO_BLK_T_BARRIER
+    # (A read that joins a run is on the trace when the run serves it.)
+    if lgtrace.on and (run is None or rtype != VIRTIO_BLK_T_IN):
+        lgtrace.blk_request(vq, rtype, sector, iov)
 
     if rtype == VIRTIO_BLK_T_OUT:
         bufs = iov[1:out_num]
@@ -211,9 +215,10 @@ def service_io(vq, vblk, done, run=None):
         if run is not None:
             if bufs and off + total <= vblk.len:
                 run.add(head, off, sector, bufs, total, status_buf,
-                        addrs[out_num:out_num + in_num - 1])
+                        addrs[out_num:out_num + in_num - 1], iov)
                 return True
             run.serve()             # earlier reads first: ring order
+            if lgtrace.on: lgtrace.blk_request(vq, rtype, sector, iov)
         if off > vblk.len:
             ret = 0     # nothing there (and a u64 sector can overflow off_t)
         else:
@@ -252,6 +257,7 @@ def service_io(vq, vblk, done, run=None):
         wlen = VIRTIO_BLK_INHDR_SIZE
 
     status_buf[0] = status
+    if lgtrace.on: lgtrace.blk_status(vq, status)
     TRACE.mark(SLOT_BLOCK, EV["worker_req"])
     if not isinstance(done, DoneBatch):
         batch = DoneBatch(done)
@@ -320,7 +326,8 @@ class ReadRun:
     MAX_IOVECS = 256            # well under the host's IOV_MAX (1024)
     MAX_BYTES = 1 << 20
 
-    def __init__(self, vblk, done):
+    def __init__(self, vq, vblk, done):
+        self.vq = vq
         self.vblk = vblk
         self.done = done
         self.reqs = []
@@ -328,11 +335,11 @@ class ReadRun:
         self.iovecs = 0
         self.bytes = 0
 
-    def add(self, head, off, sector, bufs, total, status_buf, addrs):
+    def add(self, head, off, sector, bufs, total, status_buf, addrs, iov):
         if self.reqs and (off != self.end or self.iovecs + len(bufs) > self.MAX_IOVECS
                           or self.bytes + total > self.MAX_BYTES):
             self.serve()
-        self.reqs.append((head, off, sector, bufs, total, status_buf, addrs))
+        self.reqs.append((head, off, sector, bufs, total, status_buf, addrs, iov))
         self.end = off + total
         self.iovecs += len(bufs)
         self.bytes += total
@@ -351,21 +358,26 @@ class ReadRun:
             except OSError:
                 ret = -1
             if ret == want:
-                for head, off, sector, bufs, total, status_buf, addrs in reqs:
-                    self._complete(head, sector, total, total, status_buf, addrs)
+                for req in reqs:
+                    self._complete(req, req[4])
                 return
-        for head, off, sector, bufs, total, status_buf, addrs in reqs:
+        for req in reqs:
             try:
-                ret = os.preadv(fd, bufs, off)
+                ret = os.preadv(fd, req[3], req[1])
             except OSError:
                 ret = -1
-            self._complete(head, sector, total, ret, status_buf, addrs)
+            self._complete(req, ret)
 
-    def _complete(self, head, sector, total, ret, status_buf, addrs):
+    def _complete(self, req, ret):
+        head, _off, sector, _bufs, total, status_buf, addrs, iov = req
         vblk = self.vblk
         if vblk.verbose:
             _say(vblk, "READ from sector %u: %i" % (sector, ret))
-        status_buf[0] = VIRTIO_BLK_S_OK if ret == total else VIRTIO_BLK_S_IOERR
+        status = VIRTIO_BLK_S_OK if ret == total else VIRTIO_BLK_S_IOERR
+        status_buf[0] = status
+        if lgtrace.on:
+            lgtrace.blk_request(self.vq, VIRTIO_BLK_T_IN, sector, iov)
+            lgtrace.blk_status(self.vq, status)
         got = max(ret, 0)
         TRACE.mark(SLOT_BLOCK, EV["worker_req"])
         self.done.add(_filled(addrs, got), head, VIRTIO_BLK_INHDR_SIZE + got)
@@ -397,7 +409,7 @@ def serve_ring(vq, vblk, done_fd):
     still saw the flag; the caller looks once more after IDLE_RECHECK (see
     io_worker)."""
     batch = DoneBatch(done_fd)
-    run = ReadRun(vblk, batch)
+    run = ReadRun(vq, vblk, batch)
     vq.suppress_notify(True)
     try:
         while True:
@@ -467,6 +479,7 @@ def io_worker(vq, vblk, workpipe, done_fd):
                 return
             TRACE.mark(SLOT_BLOCK, EV["worker_wake"])
             STATS.bump("blk_wakeups")
+            if lgtrace.on: lgtrace.worker_kicks(cmds)
             kicked = False
             for c in cmds:
                 if c == WORK_RESET:
@@ -533,6 +546,7 @@ def _take_records(lg, dev, data):
             resets += 1
         elif kind == DYING:
             vblk.said_why = True
+    if lgtrace.on: lgtrace.completed(dev, done)
     return done, resets
 
 

@@ -17,6 +17,8 @@ import sys
 import termios
 import time
 
+import lgtrace
+
 from .abi import VIRTIO_ID_CONSOLE, VIRTQUEUE_NUM
 from .errors import err, errx
 
@@ -114,6 +116,7 @@ def handle_console_input(lg, dev):
         vq.handle_output = None
         return False
 
+    if lgtrace.on: lgtrace.transfer(vq, length)
     vq.add_used_and_trigger(lg, head, length)
 
     # Three ^C within about a second?  Exit.  The C counted only reads of
@@ -159,6 +162,7 @@ def handle_console_output(lg, vq):
         if in_num:
             errx("Input buffers in output queue?")
         length = _writev_all(1, iov)
+        if lgtrace.on: lgtrace.transfer(vq, length)
         vq.add_used_and_trigger(lg, head, length)
 
 

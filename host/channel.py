@@ -24,6 +24,8 @@ import sys
 import threading
 import time
 
+import lgtrace
+
 from .abi import LHREQ_BREAK
 from .trace import EV, SLOT_HOST_THREAD, SLOT_LAUNCHER, TRACE
 from .ucinternals import StopRequest
@@ -108,6 +110,7 @@ class Events:
             self.wake_up()
         if self.kick is not None:
             self.kick()               # the helper thread minds a stop that got lost
+        if lgtrace.on: lgtrace.raised(bits)
 
     def add(self, bits):
         """Raise bits from the run loop's own thread (what a halted sleep saw itself):

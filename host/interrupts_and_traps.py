@@ -14,6 +14,8 @@ here" window [noirq_start, noirq_end) around its iret.
 import struct
 import time
 
+import lgtrace
+
 from . import page_tables
 from .trace import EV, SLOT_LAUNCHER, TRACE
 from .abi import (FIRST_EXTERNAL_VECTOR, GUEST_CS, GUEST_PL, IDT_ENTRIES, LD_BLOCKED_INTERRUPTS,
@@ -180,6 +182,7 @@ def deliver_interrupts(cpu):
     irq, more = interrupt_pending(cpu)
     if irq < LGUEST_IRQS:
         try_deliver_interrupt(cpu, irq, more)
+    if lgtrace.on: lgtrace.interrupt(cpu, irq)   # delivered, or why not
 
 
 def set_interrupt(cpu, irq):

@@ -21,6 +21,8 @@ Two Launchers, two protocols over one Host:
 import errno
 import os
 
+import lgtrace
+
 from .abi import (LGUEST_IRQS, LHREQ_BREAK, LHREQ_EVENTFD, LHREQ_INITIALIZE, LHREQ_IRQ,
                   PAGE_SIZE)
 from .channel import IN_GUEST, LAUNCHER
@@ -56,6 +58,7 @@ class LguestDev:
             if len(req) != 2 or not 0 <= req[1] < LGUEST_IRQS:
                 raise ValueError("bad interrupt (EINVAL)")
             g.irqs_pending |= 1 << req[1]
+            if lgtrace.on: lgtrace.lhreq_irq(req[1])
             return
         if op == LHREQ_BREAK:
             if len(req) != 2:
@@ -67,6 +70,7 @@ class LguestDev:
             else:
                 g.break_out = False
                 g.channel.release_waker()
+                if lgtrace.on: lgtrace.lhreq_break()
             return
         raise ValueError("unknown request %r (EINVAL)" % (op,))
 
@@ -102,6 +106,8 @@ class LguestDev:
         ch.start()
         ch.state[0] = IN_GUEST
         try:
+            if lgtrace.on:
+                return lgtrace.read(g)      # in a span on the trace
             return g.run_guest()
         finally:
             if g.input_fds:

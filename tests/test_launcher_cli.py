@@ -14,10 +14,12 @@ import pytest
 from conftest import LAUNCHER, PYTHON, ROOT, assert_no_traceback
 from test_loading import elf32
 
+# The C's three lines, then one for our own options (--trace, --stats: issue 17).
 USAGE = ("lguest: Usage: lguest [--verbose] "
          "[--tunnet=(<ipaddr>|bridge:<bridgename>)\n"
          "|--block=<filename>|--initrd=<filename>]...\n"
-         "<mem-in-mb> vmlinux [args...]\n")
+         "<mem-in-mb> vmlinux [args...]\n"
+         "pylguest's own: [--trace=<filename> [--trace-events=<n>]] [--stats]\n")
 
 
 def run(*args, timeout=30):

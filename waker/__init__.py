@@ -17,6 +17,7 @@ import os
 import select
 import struct
 
+import lgtrace
 from devices.errors import err
 from .procs import (CHILDREN, children_alive, fork_child, reap_children,
                     stop_children)
@@ -125,11 +126,13 @@ def wake_parent(pipefd, breaker, watched):
             continue
         STATS.bump("breaks")
         TRACE.mark(SLOT_WAKER, EV["waker_break"])
+        if lgtrace.on: lgtrace.waker_break(set(ready) - {pipefd})
         try:
             still_there = breaker.write((LHREQ_BREAK, 1))
         except OSError:
             still_there = False
         TRACE.mark(SLOT_WAKER, EV["waker_released"])
+        if lgtrace.on: lgtrace.waker_released(still_there)
         if still_there is False:
             os._exit(0)
 
