@@ -46,7 +46,6 @@ import time
 import lgtrace
 from waker.procs import fork_child
 from waker.stats import STATS
-from host.trace import EV, SLOT_BLOCK, SLOT_LAUNCHER, TRACE
 
 from .abi import (BLK_CONFIG_LEN, BLK_CONFIG_OFF_CAPACITY,
                   BLK_CONFIG_OFF_SEG_MAX, SECTOR_SIZE, U32, U64,
@@ -258,7 +257,6 @@ def service_io(vq, vblk, done, run=None):
 
     status_buf[0] = status
     if lgtrace.on: lgtrace.blk_status(vq, status)
-    TRACE.mark(SLOT_BLOCK, EV["worker_req"])
     if not isinstance(done, DoneBatch):
         batch = DoneBatch(done)
         batch.add(filled, head, wlen)
@@ -305,7 +303,6 @@ class DoneBatch:
         # Count first: whoever reads the records may read the counters next.
         STATS.bump("blk_done_writes")
         STATS.bump("blk_done_bytes", len(records))
-        TRACE.mark(SLOT_BLOCK, EV["worker_done"])
         self.ranges = []
         self.used = []
         self.since = None
@@ -362,13 +359,15 @@ class ReadRun:
                     self._complete(req, req[4])
                 return
         for req in reqs:
+            # On its own: on the trace around its own preadv().
+            if lgtrace.on: lgtrace.blk_request(self.vq, VIRTIO_BLK_T_IN, req[2], req[7])
             try:
                 ret = os.preadv(fd, req[3], req[1])
             except OSError:
                 ret = -1
-            self._complete(req, ret)
+            self._complete(req, ret, traced=True)
 
-    def _complete(self, req, ret):
+    def _complete(self, req, ret, traced=False):
         head, _off, sector, _bufs, total, status_buf, addrs, iov = req
         vblk = self.vblk
         if vblk.verbose:
@@ -376,10 +375,10 @@ class ReadRun:
         status = VIRTIO_BLK_S_OK if ret == total else VIRTIO_BLK_S_IOERR
         status_buf[0] = status
         if lgtrace.on:
-            lgtrace.blk_request(self.vq, VIRTIO_BLK_T_IN, sector, iov)
+            if not traced:
+                lgtrace.blk_request(self.vq, VIRTIO_BLK_T_IN, sector, iov)
             lgtrace.blk_status(self.vq, status)
         got = max(ret, 0)
-        TRACE.mark(SLOT_BLOCK, EV["worker_req"])
         self.done.add(_filled(addrs, got), head, VIRTIO_BLK_INHDR_SIZE + got)
         STATS.bump("blk_requests")
 
@@ -428,7 +427,6 @@ def serve_ring(vq, vblk, done_fd):
             vq.suppress_notify(False)
             full_barrier()
             if vq.avail_idx() == vq.last_avail_idx:
-                TRACE.mark(SLOT_BLOCK, EV["worker_idle"])
                 return
             vq.suppress_notify(True)
     finally:
@@ -477,7 +475,6 @@ def io_worker(vq, vblk, workpipe, done_fd):
                 continue
             if not cmds:
                 return
-            TRACE.mark(SLOT_BLOCK, EV["worker_wake"])
             STATS.bump("blk_wakeups")
             if lgtrace.on: lgtrace.worker_kicks(cmds)
             kicked = False
@@ -569,7 +566,6 @@ def handle_io_finish(lg, dev):
         data = b""
     if not data:
         _worker_gone(vblk)
-    TRACE.mark(SLOT_LAUNCHER, EV["finish"])
     done, _ = _take_records(lg, dev, data)
     if vblk.said_why:
         # Its last words are printed: leave now, before another device served in
@@ -579,7 +575,6 @@ def handle_io_finish(lg, dev):
         STATS.bump("blk_done_seen", done)
         STATS.bump("blk_irqs")
         dev.vq.trigger_irq(lg)
-        TRACE.mark(SLOT_LAUNCHER, EV["irq"])
     return True
 
 
@@ -596,7 +591,6 @@ def handle_virtblk_output(lg, vq):
     of the pass the kick starts, so the flag is never left up with nobody
     coming."""
     vblk = vq.dev.priv
-    TRACE.mark(SLOT_LAUNCHER, EV["kick"])
     vq.suppress_notify(True)
     try:
         os.write(vblk.workpipe, bytes((WORK_KICK,)))

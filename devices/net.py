@@ -25,7 +25,6 @@ import lgtrace
 from .abi import (ETH_ALEN, VIRTIO_ID_NET, VIRTIO_NET_F_MAC,
                   VIRTIO_NET_HDR_SIZE, VIRTQUEUE_NUM)
 from .errors import err, errx
-from host.trace import EV, SLOT_LAUNCHER, TRACE
 
 BRIDGE_PFX = "bridge:"
 #: The host side's netmask with --tunnet=IP.  The C set only the address,
@@ -105,7 +104,6 @@ def handle_net_output(lg, vq):
             try:
                 # A tap takes one frame per write: writev() gathers it.
                 length = os.writev(dev.fd, frame)
-                TRACE.mark(SLOT_LAUNCHER, EV["tap_out"])
                 info.tx_frames += 1
             except OSError:
                 info.tx_errors += 1
@@ -162,7 +160,6 @@ def handle_tun_input(lg, dev):
         return True
 
     _zero(iov, VIRTIO_NET_HDR_SIZE)
-    TRACE.mark(SLOT_LAUNCHER, EV["tap_in"])
     if lgtrace.on: lgtrace.transfer(vq, length)
     vq.add_used_and_trigger(lg, head, VIRTIO_NET_HDR_SIZE + length)
     info.rx_frames += 1

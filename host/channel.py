@@ -27,7 +27,6 @@ import time
 import lgtrace
 
 from .abi import LHREQ_BREAK
-from .trace import EV, SLOT_HOST_THREAD, SLOT_LAUNCHER, TRACE
 from .ucinternals import StopRequest
 
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
@@ -383,7 +382,6 @@ class Channel:
         if sock is not None and sock in r:
             ev.add(self._take_breaks(sock))
         if len(r) > (ev.wake_fd in r) + (sock in r):
-            TRACE.mark(SLOT_LAUNCHER, EV["halt_input"])
             ev.add(INPUT)
 
     def _take_breaks(self, sock):
@@ -400,10 +398,6 @@ class Channel:
             return WAKER_GONE
         with self.events.lock:
             self.breaks_received += len(data)
-        if threading.current_thread() is self._thread:
-            TRACE.mark(SLOT_HOST_THREAD, EV["host_event"])
-        else:
-            TRACE.mark(SLOT_LAUNCHER, EV["halt_break"])
         return BREAK
 
     def release_waker(self):
@@ -468,5 +462,4 @@ class Channel:
                 if self.recheck is not None and time.monotonic() >= self.recheck:
                     self.recheck = None
                     bits |= RECHECK_TICK
-                    TRACE.mark(SLOT_HOST_THREAD, EV["recheck"])
             ev.raise_(bits)           # adds TIMER if the clock event expired

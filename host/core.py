@@ -31,7 +31,6 @@ from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_
 from .channel import (BREAK, FOREIGN_WRITE, INPUT, IRQS, RECHECK, RECHECK_FIRST, TIMER,
                       WAKER_GONE, Channel)
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
-from .trace import EV, SLOT_LAUNCHER, TRACE
 from .tsc import TscRate
 from .x86_core import Exit
 
@@ -99,6 +98,7 @@ class Guest:
         self.irqs_pending = 0         # bitmap of LGUEST_IRQS
         self.break_out = False        # LHREQ_BREAK 1, until LHREQ_BREAK 0
         self.input_fds = ()           # LguestDev.wake_on_input(): watched while halted
+        self.break_input = False      # the last EAGAIN was for INPUT, with no BREAK
         self.irq_wait_since = None    # when a still-pending interrupt was first not taken
 
         # --- the helper thread (the hrtimer, break_guest_out) and the engine's exits ---
@@ -203,7 +203,6 @@ class Guest:
             #    hypercall queued behind it runs now.
             if self.pending_notify:
                 if not self.send_notify_to_eventfd():
-                    TRACE.mark(SLOT_LAUNCHER, EV["host_out"])
                     return self.pending_notify
                 continue
             # 3. "Check for signals": what the helper thread raised.
@@ -221,8 +220,8 @@ class Guest:
                 # INPUT: what the Waker would have BREAKed us for, seen by a halted
                 # sleep first.  The Launcher serves it and clears the BREAK as ever.
                 self.break_out = True
+                self.break_input = not ev & BREAK     # (says the trace)
             if self.break_out:
-                TRACE.mark(SLOT_LAUNCHER, EV["host_out"])
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
             if ev & WAKER_GONE:
                 raise WakerDied("the Waker has gone away")
@@ -313,9 +312,7 @@ class Guest:
             if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
                 dl = ev.deadline
                 timeout = None if dl is None else max(0.0, dl - time.monotonic())
-                TRACE.mark(SLOT_LAUNCHER, EV["halt"])
                 self.channel.wait_halted(timeout, self.input_fds)    # schedule()
-                TRACE.mark(SLOT_LAUNCHER, EV["unhalt"])
         finally:
             ev.sleeping = False
         # The Guest's clock is lguest_data.time: freshen it after a sleep.

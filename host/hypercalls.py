@@ -10,7 +10,6 @@ import lgtrace
 
 from . import interrupts_and_traps as it
 from . import page_tables, segments
-from .trace import EV, SLOT_LAUNCHER, TRACE
 from .abi import (HCALL_ARGS_SIZE, LD_HCALL_STATUS, LD_HCALLS, LD_KERNEL_ADDRESS, LD_NOIRQ_END,
                   LD_NOIRQ_START, LD_RESERVE_MEM, LD_SYSCALL_VEC, LD_TSC_KHZ, LGUEST_DATA_SIZE,
                   LGUEST_SHUTDOWN_POWEROFF, LGUEST_SHUTDOWN_RESTART, LHCALL_FLUSH_ASYNC,
@@ -20,8 +19,6 @@ from .abi import (HCALL_ARGS_SIZE, LD_HCALL_STATUS, LD_HCALLS, LD_KERNEL_ADDRESS
                   LHCALL_SET_PGD, LHCALL_SET_PMD, LHCALL_SET_PTE, LHCALL_SET_STACK,
                   LHCALL_SHUTDOWN, LHCALL_TS,
                   PGDIR_SHIFT, RESERVE_MEM, SWITCHER_PGD_INDEX, SYSCALL_VECTOR)
-
-EV_NOTIFY = EV["notify"]
 
 
 def _s32(v):
@@ -42,7 +39,6 @@ def do_hcall(cpu, args):
         # interrupts to deliver on the way out.
         pass
     elif call == LHCALL_NOTIFY:
-        TRACE.mark(SLOT_LAUNCHER, EV_NOTIFY)
         cpu.pending_notify = a1
     elif call == LHCALL_SET_CLOCKEVENT:
         it.guest_set_clockevent(cpu, a1)

@@ -17,13 +17,11 @@ import time
 import lgtrace
 
 from . import page_tables
-from .trace import EV, SLOT_LAUNCHER, TRACE
 from .abi import (FIRST_EXTERNAL_VECTOR, GUEST_CS, GUEST_PL, IDT_ENTRIES, LD_BLOCKED_INTERRUPTS,
                   LD_IRQ_ENABLED, LD_IRQ_PENDING, LD_TIME, LGUEST_IRQS,
                   LGUEST_TRAP_ENTRY, SYSCALL_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_NT,
                   X86_EFLAGS_RF, X86_EFLAGS_TF, X86_EFLAGS_VM)
 
-EV_DELIVER = EV["deliver"]
 _TRAP_FLAGS = X86_EFLAGS_TF | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT
 _FRAMES = {n: struct.Struct("<%dI" % n) for n in (3, 4, 5, 6)}
 
@@ -166,8 +164,6 @@ def try_deliver_interrupt(cpu, irq, more):
     lo, hi = cpu.idt[FIRST_EXTERNAL_VECTOR + irq]
     if idt_present(lo, hi):
         cpu.irqs_pending &= ~(1 << irq)
-        if irq:
-            TRACE.mark(SLOT_LAUNCHER, EV_DELIVER)
         set_guest_interrupt(cpu, lo, hi, False)
     # "If they don't have a handler (yet?), we just ignore it": it stays pending.
     write_timestamp(cpu)

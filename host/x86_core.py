@@ -26,7 +26,6 @@ import lgtrace
 from . import hypercalls, page_tables
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, LD_CR2, LGUEST_TRAP_ENTRY
-from .trace import EV, SLOT_LAUNCHER, TRACE
 
 UNTIL = 1 << 40               # an emu_start() end address the Guest can never reach
 
@@ -40,10 +39,6 @@ class Exit(enum.Enum):
     MEMORY_FAULT = "the Guest reached memory it does not have (unicorn's UcError)"
     TRIPLE_FAULT = "a fault while delivering a double fault"
     HOST_ERROR = "the Host itself went wrong in a hook (Guest.host_error)"
-
-
-EV_HOST_IN = EV["host_in"]
-EV_HOST_BACK = EV["host_back"]
 
 
 def run_once(cpu):
@@ -73,9 +68,7 @@ def run_once(cpu):
     ui.clear_exception_state()
     if lgtrace.on: lgtrace.entering(cpu)          # the exit in progress ends
     try:
-        TRACE.mark(SLOT_LAUNCHER, EV_HOST_IN)
         cpu.uc.emu_start(ui.eip, UNTIL)
-        TRACE.mark(SLOT_LAUNCHER, EV_HOST_BACK)
     except UcError:
         return Exit.MEMORY_FAULT
     except Exception as e:        # the binding itself: still one clean line

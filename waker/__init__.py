@@ -22,7 +22,6 @@ from devices.errors import err
 from .procs import (CHILDREN, children_alive, fork_child, reap_children,
                     stop_children)
 from .stats import STATS
-from host.trace import EV, SLOT_WAKER, TRACE
 
 try:
     from host.abi import LHREQ_BREAK
@@ -79,7 +78,6 @@ def wake_parent(pipefd, breaker, watched):
                 raise
             _prune_bad_fds(watched)
             continue
-        TRACE.mark(SLOT_WAKER, EV["waker_wake"])
 
         # Orders from the Launcher come first: it may be telling us to
         # stop watching the very fd that is readable.
@@ -125,13 +123,11 @@ def wake_parent(pipefd, breaker, watched):
                 pass
             continue
         STATS.bump("breaks")
-        TRACE.mark(SLOT_WAKER, EV["waker_break"])
         if lgtrace.on: lgtrace.waker_break(set(ready) - {pipefd})
         try:
             still_there = breaker.write((LHREQ_BREAK, 1))
         except OSError:
             still_there = False
-        TRACE.mark(SLOT_WAKER, EV["waker_released"])
         if lgtrace.on: lgtrace.waker_released(still_there)
         if still_there is False:
             os._exit(0)
