@@ -36,8 +36,9 @@ run: all
 	$(PY) launcher.py --block=$(DISK) $(MEM_MB) $(GUEST)
 
 # pytest exits 5 when it collected nothing: that is a failure for us too.
+# -rs: every skipped test is listed with its reason.
 test: all
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -rs tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 bench: all
 	for b in bench/*.py; do $(PY) $$b || exit 1; done
