@@ -25,6 +25,7 @@ before the Guest can run code it read from disk.
 
 import os
 import select
+import stat
 import struct
 
 from waker.procs import fork_child
@@ -422,15 +423,25 @@ def setup_block_file(devices, filename, verbose=False):
     """Give the Guest a virtio block device backed by filename; mirrors
     setup_block_file() in lguest.c (3.16's config space and features).
 
-    Opens the file read-write (err "Failed to open %s"), offers SEG_MAX and
-    FLUSH, puts capacity (512-byte sectors, u64 @0) and seg_max
+    Opens the file read-write (err "Failed to open %s"; it must be a regular
+    file or a block device: its size is found by seeking to its end), offers
+    SEG_MAX and FLUSH, puts capacity (512-byte sectors, u64 @0) and seg_max
     (VIRTQUEUE_NUM - 2, u32 @12) in the 16-byte config, and forks the I/O
     worker: this must happen before the Host exists.  Returns the Device."""
     try:
         fd = os.open(filename, os.O_RDWR)
     except OSError:
         err("Failed to open %s" % filename)
-    length = os.lseek(fd, 0, os.SEEK_END)
+    # The worker reads and writes by offset: a pipe, a FIFO or a character
+    # device has none, and the capacity is where the end is.
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            errx("Block file %s is not a regular file or a block device"
+                 % filename)
+        length = os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        err("Finding the size of block file %s" % filename)
     nth = sum(1 for d in devices.devs if d.type == VIRTIO_ID_BLOCK)
     serial = ("pylguest-vd%s" % chr(ord("a") + nth % 26)).encode()
     # PYLGUEST_BLK_BATCH=1: the batching experiment of bench/block.py.
