@@ -27,9 +27,7 @@ from devices.block import handle_io_finish, setup_block_file
 from devices.devpage import DeviceList
 from devices.errors import LauncherError
 from devices.memory import GuestMemory
-from conftest import wait_child_exit
-from test_devpage import page_of, parse_device_page
-from test_virtqueue import FakeLg, GuestRing
+from conftest import FakeLg, GuestRing, page_of, parse_device_page, wait_child_exit
 from waker import procs
 
 MEM = 4 << 20
