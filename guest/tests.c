@@ -513,7 +513,9 @@ static int test_timer(char *why, size_t whylen)
 	t1 = now_ns();
 	ms = (u32)((t1 - t0) / 1000000ull);
 	printk("timer: slept=%u ms\n", ms);
-	if (ms < 490 || ms > 600)
+	/* Never (much) less than asked; late by no more than a loaded host's
+	 * scheduler could make us.  How close it comes is for benchmarks. */
+	if (ms < 490 || ms > 3000)
 		FAIL("slept %u ms for 500", ms);
 	return 1;
 }
