@@ -12,7 +12,17 @@ DISK_MB := 16
 LABEL   := pylguest
 MEM_MB  := 64
 
-.PHONY: all run test bench guest clean distclean
+# Real Linux (README "Running Linux"): our initramfs, and a kernel from
+# KERNEL=, by default the shared test kernel beside the repository.
+INITRD     := images/linux-initrd.cpio.gz
+LINUX_DIR  := ../shared/linux
+KERNEL     ?= $(wildcard $(LINUX_DIR)/vmlinux)
+LINUX_MEM  ?= 64
+LINUX_ARGS ?=
+LINUX_SRC  ?=
+LINUX_OUT  ?= build/linux
+
+.PHONY: all run run-linux linux-kernel-given test bench guest linux-initrd linux-config linux-kernel clean distclean
 
 all: $(STAMP) $(GUEST) $(DISK)
 
@@ -32,12 +42,37 @@ $(DISK): $(wildcard images/rootfs/*)
 	/sbin/mke2fs -q -F -t ext2 -b 1024 -L $(LABEL) -d images/rootfs $@.tmp
 	mv $@.tmp $@
 
+# Debian's busybox-static for i386 and our /init, packed by cpio; the .deb
+# is downloaded once into images/cache/.
+linux-initrd $(INITRD): tools/linux-initrd.sh $(shell find images/linux-init -type f)
+	tools/linux-initrd.sh $(INITRD)
+
 run: all
 	$(PY) launcher.py --block=$(DISK) $(MEM_MB) $(GUEST)
 
+# A shell on your terminal in a Linux Guest; `poweroff -f` (or exit) ends it.
+# The kernel is checked first: no point fetching busybox without one.
+run-linux: linux-kernel-given all $(INITRD)
+	$(PY) launcher.py --block=$(DISK) --initrd=$(INITRD) $(LINUX_MEM) $(KERNEL) console=hvc0 $(LINUX_ARGS)
+
+linux-kernel-given:
+	@if [ -z "$(KERNEL)" ]; then echo "make run-linux: no kernel: give KERNEL=path/to/vmlinux-or-bzImage (build one: make linux-kernel LINUX_SRC=path/to/linux-3.x, see README \"Running Linux\")" >&2; exit 1; fi
+	@if [ ! -f "$(KERNEL)" ]; then echo "make run-linux: no kernel file $(KERNEL)" >&2; exit 1; fi
+
+# A Guest kernel from a Linux 3.x tree of yours (README "Running Linux").
+linux-config:
+	tools/linux-kernel.sh --config-only "$(LINUX_SRC)" "$(LINUX_OUT)"
+
+linux-kernel:
+	tools/linux-kernel.sh "$(LINUX_SRC)" "$(LINUX_OUT)"
+
+# With the shared Linux kernels at hand, tests/test_linux.py boots them with
+# our initramfs, so it is made first.
+LINUX_TEST_DEPS := $(if $(wildcard $(LINUX_DIR)/vmlinux $(LINUX_DIR)/bzImage),$(INITRD))
+
 # pytest exits 5 when it collected nothing: that is a failure for us too.
 # -rs: every skipped test is listed with its reason.
-test: all
+test: all $(LINUX_TEST_DEPS)
 	$(PY) -m pytest -q -rs tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 bench: all
@@ -45,7 +80,7 @@ bench: all
 
 clean:
 	$(MAKE) -C guest clean
-	rm -f $(DISK)
+	rm -f $(DISK) $(INITRD)
 
 distclean: clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) images/cache

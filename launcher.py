@@ -632,7 +632,8 @@ def parse_args(argv):
 #: Held by whoever is leaving: the main thread or the signal thread.  The
 #: other one, if it comes, waits for the process to end.
 _leaving = threading.Lock()
-#: What cleanup() needs to find: the DeviceList once there is one.
+#: What cleanup() and restart_guest() need to find: the DeviceList and
+#: the LguestDev once there are.
 _state = {}
 #: A fatal signal that came while the main thread was already leaving (for
 #: the restart, which must then not exec).
@@ -778,6 +779,7 @@ def launch(argv):
 
     probe_host(mem, start)
     lg = tell_kernel(mem, start)
+    _state["lg"] = lg
     # Only now, with everything that can fail behind us, the raw terminal.
     console.raw_term()
 
@@ -799,7 +801,7 @@ def main(argv=None):
     except GuestPoweredOff as e:
         return str(e), e.status
     except GuestRestart:
-        restart(argv)
+        restart_guest(argv)
     except LauncherError as e:
         return str(e), e.status
     except SystemExit as e:
@@ -837,27 +839,38 @@ def _internal_error(e):
     return "internal error: %s: %s" % (type(e).__name__, e)
 
 
-def restart(argv):
-    """The Guest asked to be rebooted: like the 3.16 Launcher, re-execute
-    ourselves with the same arguments, after the usual clean-up and with the
-    signal mask we were started with.  A fatal signal that came meanwhile
-    wins over the restart."""
+#: select()'s limit: the fds restart_guest() closes, as the C did.
+FD_SETSIZE = 1024
+
+
+def restart_guest(argv):
+    """The Guest rebooted: clean up and exec the Launcher afresh with the
+    same arguments, so a new Guest boots with new devices over the same
+    files.  Mirrors restart_guest() of the 3.16 lguest.c: close every fd
+    above stderr (ours are close-on-exec anyway, but a library's need not
+    be: a leaked tap fd would keep the old interface and its address), end
+    the device processes, restore the terminal, execv().  The signal mask
+    goes back to the one we were started with; the dispositions we never
+    changed (an inherited SIG_IGN stays ignored, across exec as ever).  A
+    fatal signal that came meanwhile wins over the restart."""
     if not _leaving.acquire(blocking=False):
-        while True:
+        while True:                     # the signal thread is leaving
             time.sleep(1)
     cleanup()
+    # The Host's helper thread goes first: its fds are about to close.
+    if "lg" in _state:
+        _state["lg"].close()
     if _late_signal:
         _leaving.release()
         leave(*_signal_message(_late_signal[0]))
+    signal.pthread_sigmask(signal.SIG_SETMASK, _ORIG_MASK or set())
+    os.closerange(3, FD_SETSIZE)
+    prog = os.path.abspath(__file__)
     try:
-        signal.pthread_sigmask(signal.SIG_SETMASK, _ORIG_MASK or set())
-        os.execv(sys.executable,
-                 [sys.executable, os.path.abspath(__file__)] + list(argv))
-    except OSError:
+        os.execv(sys.executable, [sys.executable, prog] + list(argv))
+    except OSError as e:
         _leaving.release()
-        leave("Could not exec %s: %s" % (sys.executable,
-                                         os.strerror(sys.exc_info()[1].errno)), 1)
-
+        leave("Could not exec %s: %s" % (prog, e.strerror), 1)
 
 if __name__ == "__main__":
     leave(*main())
