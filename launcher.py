@@ -11,8 +11,8 @@ Read it beside the C: each function's docstring names its counterpart.
                 [--initrd=FILE] MEM_MB KERNEL [kernel args...]
 
 Exit status: 0 when the Guest powered itself off, 2 after three ^C within a
-second on the console, 1 for every other death (a one-line "lguest: ..." on
-stderr, never a Python traceback).
+second on the console (or a SIGINT), 1 for every other death (a one-line
+"lguest: ..." on stderr, never a Python traceback).
 """
 
 import os
@@ -642,12 +642,18 @@ _late_signal = []
 
 def cleanup():
     """Restore the terminal, end our children, flush stdout.  Safe to call
-    more than once."""
-    from devices import console, net
-    from waker.procs import end_children
+    more than once, from either thread, at any point of the set-up."""
+    # The console module is light, and must be there to stop a raw_term()
+    # the main thread may be about to make.
+    from devices import console
     console.restore_term(for_good=True)
-    end_children()
-    if VERBOSE and "devices" in _state:
+    # Not imported yet: nothing forked yet.  (A child being forked this very
+    # moment goes with us all the same: PDEATHSIG.)
+    procs = sys.modules.get("waker.procs")
+    if procs is not None:
+        procs.end_children()
+    net = sys.modules.get("devices.net")
+    if VERBOSE and net is not None and "devices" in _state:
         try:
             net.report(_state["devices"])
         except Exception:

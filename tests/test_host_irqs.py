@@ -241,7 +241,7 @@ def test_rearming_after_expiry_keeps_the_tick(guest):
     notes, died = run(g)
     assert notes == [2] and died.poweroff
     assert vecs(g) == [0x20]
-    assert time.monotonic() - t < 0.5
+    assert time.monotonic() - t < 0.9         # the wrong answer takes 1 s or more
 
 
 def test_rearming_an_expired_deadline_raises_irq0_at_once(guest):
