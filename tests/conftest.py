@@ -5,9 +5,10 @@ Every end-to-end test runs `launcher.py` as a separate process, exactly as the R
 tells a user to (one helper does it: `Launcher`; `launch()` is its run-to-the-end
 form), and judges only what the Guest and the user see: stdout, stderr, the exit
 status, the terminal, the disk image, and the processes left behind.  Every process a
-Launcher starts inherits a tag in its environment, so when the Launcher is gone the
+Launcher forks carries a tag in its environment, so when the Launcher is gone the
 tests can tell whether anything it started is still running (`leftovers()`), without
-ever looking at, or touching, anyone else's processes.
+ever looking at, or touching, anyone else's processes (only processes running this
+checkout's launcher.py are looked at).
 
 Markers (registered in pytest.ini): `root` (skipped with the reason unless we are root),
 `net` (makes a network namespace; root too), `slow` (several seconds or more).
@@ -59,13 +60,19 @@ def guest_elf():
 # --- processes -----------------------------------------------------------------------
 
 def tagged(tag):
-    """Pids of live (not zombie) processes whose environment carries TAG_VAR=tag."""
+    """Pids of live (not zombie) processes running this checkout's launcher.py whose
+    environment carries TAG_VAR=tag.  (Only those: nobody else's environment is
+    read.)"""
     want = ("%s=%s" % (TAG_VAR, tag)).encode()
+    ours = str(LAUNCHER).encode()
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
+            with open("/proc/%s/cmdline" % name, "rb") as f:
+                if ours not in f.read().split(b"\0"):
+                    continue
             with open("/proc/%s/environ" % name, "rb") as f:
                 env = f.read().split(b"\0")
             if want not in env:

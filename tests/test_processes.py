@@ -107,3 +107,15 @@ def test_restart_execs_the_launcher_again(tmp_path, image):
     assert "Traceback" not in proc.stderr
     assert first.startswith("Guest base is at")
     assert os.path.getsize(image) == IMAGE
+
+
+def test_the_leftover_check_can_fail(tmp_path):
+    """conftest's check is real: a process running our launcher.py with the run's
+    tag, still there after the started process exited, fails finish()."""
+    from conftest import SPIN, TINY_INIT, tiny_bzimage_guest
+    (tmp_path / "k").write_bytes(tiny_bzimage_guest(TINY_INIT + SPIN))
+    with Launcher([16, tmp_path / "k"],
+                  prefix=["bash", "-c", '"$@" </dev/null >/dev/null 2>&1 & sleep 1', "bash"]) as run:
+        with pytest.raises(AssertionError, match="left processes running"):
+            run.finish(30)
+        assert run.leftovers(5) == []          # finish() killed it, by pid
