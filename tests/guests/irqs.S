@@ -75,7 +75,12 @@ w_end:
 	jmp poweroff
 
 s_clock:                              /* 4: SET_CLOCKEVENT(PARAM0 ns) + HALT */
-	call start_irqs
+	/* Interrupts off until HALT turns them on, as Linux's safe_halt: a tick
+	 * delivered before the HALT (a loaded host) would leave it nothing to wait
+	 * for, ever. */
+	call init
+	call setup_idt
+	call irq_off
 	NOTIFY $1
 	HC LHCALL_SET_CLOCKEVENT, PARAM0
 	HC LHCALL_HALT
@@ -163,7 +168,9 @@ user_code:
 	int $0x80
 
 s_time:                               /* 10: lguest_data.time follows the clock */
-	call start_irqs
+	call init                         /* interrupts off until HALT: see s_clock */
+	call setup_idt
+	call irq_off
 	NOTIFY lguest_data+12
 	HC LHCALL_SET_CLOCKEVENT, $1000000
 	HC LHCALL_HALT
