@@ -1,6 +1,7 @@
 """How fast is the Host?  Prints the three numbers the Host's speed goals are about.
 
   hypercall round trip        Guest "int $0x1f" -> Python -> back        goal < 2 us
+  SET_PTE round trip          the same, for the commonest paging call (a TLB flush)
   trap delivery               ring 3 "int $0x80" -> Guest handler -> iret goal < 10 us
   NOTIFY round trip           NOTIFY -> read() returns -> read() again    goal < 25 us
   BREAK latency               a Waker process's BREAK -> read() raises EAGAIN (median, max)
@@ -98,10 +99,12 @@ def clock_event_lateness(n=20, delay_ns=20_000_000):
 
 def main():
     hc = per_op(0, N)
+    sp = per_op(4, N)
     tr = per_op(1, N // 4)
     nt = notify_round_trip(NOTIFIES)
     bmed, bmax = break_latency()
     print("hypercall round trip: %.2f us (goal < 2 us)" % (hc * 1e6))
+    print("SET_PTE round trip: %.2f us" % (sp * 1e6))
     print("trap delivery ring 3 -> handler -> iret: %.2f us (goal < 10 us)" % (tr * 1e6))
     print("NOTIFY -> read() -> read() again: %.2f us (goal < 25 us)" % (nt * 1e6))
     print("BREAK from a Waker process -> read() raises EAGAIN: median %.0f us, max %.0f us"

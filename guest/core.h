@@ -43,17 +43,31 @@ extern u32 irq_from_user;		/* ...of which interrupted ring 3 */
 /* entry.S: spin inside the noirq window; irq_count[0] at entry and exit. */
 u32 noirq_spin(u32 cycles, u32 *entry_count);
 
-/* mm.c */
+/* mm.c.  One entry type for every level: 32 bits, or 64 with PAE. */
+#ifdef CONFIG_X86_PAE
+typedef u64 pte_t;
+#define _PAGE_NX	(1ull << 63)	/* execute-disable */
+#else
+typedef u32 pte_t;
+#endif
+typedef pte_t pmd_t;
+typedef pte_t pgd_t;
+#define PTE_PFN_MASK	((pte_t)0xFFFFF000u)	/* our memory is all below 4 GiB */
 #define DEMAND_BASE	0xFF800000u	/* kernel window mapped on first touch, */
 #define DEMAND_END	0xFFC00000u	/* just above the linear map (head.S) */
-void set_pte(u32 *pgdir, u32 vaddr, u32 pte);	/* write + SET_PTE (lazy) */
-void set_pgd(u32 *pgdir, unsigned int index, u32 pde);	/* write + SET_PGD */
-u32 *lookup_pte(u32 *pgdir, u32 vaddr, int create);
-void map_page(u32 *pgdir, u32 vaddr, u32 paddr, u32 flags);
+extern pgd_t swapper_pg_dir[];		/* head.S: the kernel's top level */
+void set_pte(pgd_t *pgdir, u32 vaddr, pte_t pte);	/* write + SET_PTE (lazy) */
+void set_pgd(pgd_t *pgdir, unsigned int index, pgd_t pgd);	/* write + SET_PGD */
+/* The entry over vaddr's page table (the PDE, or with PAE the PMD entry),
+ * written + SET_PGD / SET_PMD, as Linux's lguest_set_pmd() in either build. */
+void set_pmd(pgd_t *pgdir, u32 vaddr, pmd_t pmd);
+pmd_t *lookup_pmd(pgd_t *pgdir, u32 vaddr, int create);
+pte_t *lookup_pte(pgd_t *pgdir, u32 vaddr, int create);
+void map_page(pgd_t *pgdir, u32 vaddr, u32 paddr, pte_t flags);
 void flush_tlb_all(void);
-void load_pgdir(u32 *pgdir);		/* NEW_PGTABLE */
-u32 *new_user_pgdir(void);		/* kernel half copied from swapper_pg_dir */
-extern u32 *current_pgdir;
+void load_pgdir(pgd_t *pgdir);		/* NEW_PGTABLE */
+pgd_t *new_user_pgdir(void);		/* kernel half copied from swapper_pg_dir */
+extern pgd_t *current_pgdir;
 extern volatile u32 pf_count, pf_last_cr2, pf_last_err;
 int do_page_fault(struct pt_regs *regs);
 void mm_init(void);

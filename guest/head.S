@@ -16,6 +16,7 @@
 #include "lguest.h"
 
 #define pa(X)	((X) - 0xC0000000)
+#define PAGE_OFFSET	0xC0000000
 #define PAGE_OFFSET_PDE	(0xC0000000 >> 22)	/* 768: first kernel PDE */
 /* We map RAM and the device pages into the kernel's linear map up to 1016 MiB
  * (0xFF800000); the 4 MiB above that are the pagefault test's demand-mapped
@@ -92,6 +93,40 @@ startup_32:
 	movl	$MAXMEM, %ebx
 6:	movl	%ebx, pa(mapped_end)
 
+#ifdef CONFIG_X86_PAE
+	/*
+	 * Build the page tables, as head_32.S does for PAE: the kernel's one
+	 * PMD page (0xC0000000 up, 2 MiB an entry) is kernel_pmd, and the
+	 * page tables it points at go right after the kernel image.  The
+	 * identity mapping is the same PMD page again, in the first top-level
+	 * entry.  Entries are 64 bits; the high halves stay zero.
+	 * %edi = next page table, %esi = next pte value, %edx = PMD slot.
+	 */
+	movl	$pa(kernel_pmd) + PGD_IDENT_ATTR, %eax
+	movl	%eax, pa(swapper_pg_dir)			/* identity */
+	movl	%eax, pa(swapper_pg_dir) + (PAGE_OFFSET >> PGDIR_SHIFT) * 8
+	movl	$pa(_end) + 4095, %edi
+	andl	$~4095, %edi
+	movl	$PTE_IDENT_ATTR, %esi
+	movl	$pa(kernel_pmd), %edx
+7:	leal	PDE_IDENT_ATTR(%edi), %ecx
+	movl	%ecx, (%edx)
+	addl	$8, %edx
+	movl	$PTRS_PER_PTE, %ecx
+8:	movl	%esi, %eax
+	cmpl	%ebx, %esi			/* past the end: leave it empty */
+	jb	9f
+	xorl	%eax, %eax
+9:	stosl
+	xorl	%eax, %eax			/* the high half */
+	stosl
+	addl	$4096, %esi
+	decl	%ecx
+	jnz	8b
+	cmpl	%ebx, %esi
+	jb	7b
+	movl	%edi, pa(pgtable_brk)
+#else
 	/*
 	 * Build the page tables, as head_32.S does for non-PAE: page tables
 	 * go right after the kernel image (Linux's brk area), and each one is
@@ -119,6 +154,7 @@ startup_32:
 	cmpl	%ebx, %esi
 	jb	7b
 	movl	%edi, pa(pgtable_brk)
+#endif
 
 	/* Only a paravirtualized boot (boot protocol 2.07+) can tell us
 	 * what we're running on: hardware_subarch 1 is lguest. */
@@ -174,8 +210,13 @@ boot_gdt_descr:
 	.section .bss..page_aligned, "aw", @nobits
 	.balign	4096
 	.globl swapper_pg_dir, boot_stack
-swapper_pg_dir:
+swapper_pg_dir:				/* with PAE only its first 32 bytes are used */
 	.skip	4096
+#ifdef CONFIG_X86_PAE
+	.globl kernel_pmd
+kernel_pmd:
+	.skip	4096
+#endif
 boot_stack:
 	.skip	BOOT_STACK_SIZE
 

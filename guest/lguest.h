@@ -22,6 +22,7 @@
 #define LHCALL_TS		8
 #define LHCALL_SET_CLOCKEVENT	9
 #define LHCALL_HALT		10
+#define LHCALL_SET_PMD		13	/* PAE builds only */
 #define LHCALL_SET_PTE		14
 #define LHCALL_SET_PGD		15
 #define LHCALL_LOAD_TLS		16
@@ -75,7 +76,14 @@
  * (DESIGN §3): 256 pages of descriptors and vrings just above RAM. */
 #define LGUEST_DEVICE_PAGES	256
 
-/* Page table bits (non-PAE, two levels). */
+/*
+ * Page tables.  The default build has Linux's non-PAE two levels: a page
+ * directory of 1024 32-bit entries, each over a page table of 1024.  The PAE
+ * build (CONFIG_X86_PAE, guest-pae.elf) has Linux's three: a "pgd" of four
+ * 64-bit entries (1 GiB each), each over a PMD page of 512 (2 MiB each), each
+ * over a page table of 512; the top-level entries hold nothing but
+ * _PAGE_PRESENT (PGD_IDENT_ATTR), and bit 63 of the others is NX.
+ */
 #define _PAGE_PRESENT		0x001
 #define _PAGE_RW		0x002
 #define _PAGE_USER		0x004
@@ -85,6 +93,21 @@
 #define _KERNPG_TABLE		(_PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY)
 #define PTE_IDENT_ATTR		0x003	/* present and writable, as head_32.S */
 #define PDE_IDENT_ATTR		0x063	/* present, writable, accessed, dirty */
+#define PGD_IDENT_ATTR		0x001	/* PAE top level: present, nothing else */
+#ifdef CONFIG_X86_PAE
+#define PTRS_PER_PGD		4
+#define PTRS_PER_PMD		512
+#define PTRS_PER_PTE		512
+#define PGDIR_SHIFT		30
+#define PMD_SHIFT		21
+#define PTE_SIZE		8
+#else
+#define PTRS_PER_PGD		1024
+#define PTRS_PER_PTE		1024
+#define PGDIR_SHIFT		22
+#define PMD_SHIFT		22	/* the middle level folds into the top one */
+#define PTE_SIZE		4
+#endif
 
 #ifndef __ASSEMBLY__
 #include "kernel.h"
@@ -145,7 +168,6 @@ void async_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3, u32 arg4);
 /* The copies startup_32 made (head.S), and its results. */
 extern u8 boot_params[PARAM_SIZE];
 extern char boot_command_line[COMMAND_LINE_SIZE];
-extern u32 swapper_pg_dir[1024];	/* the kernel's page directory */
 extern u32 pgtable_brk;		/* physical end of the page tables head.S built */
 extern u32 max_pfn;			/* pages of RAM: the device page is at max_pfn << 12 */
 extern u32 mapped_end;			/* physical end of what head.S mapped */

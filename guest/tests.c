@@ -23,6 +23,13 @@ int test_blk_bench(char *why, size_t whylen) __attribute__((weak));
 
 #define FAIL(...) do { snprintf(why, whylen, __VA_ARGS__); return 0; } while (0)
 
+/* The hypercall behind set_pmd(): the top level without PAE, SET_PMD with. */
+#ifdef CONFIG_X86_PAE
+#define SET_PMD_NAME "SET_PMD"
+#else
+#define SET_PMD_NAME "SET_PGD"
+#endif
+
 /* ---- helpers: catching a trap we provoke on purpose ---- */
 
 /* While set, a trap on expect_vector is counted, its error code, irq_enabled
@@ -111,7 +118,8 @@ static void clear_ts(void)
 
 static int test_hcall(char *why, size_t whylen)
 {
-	u32 pa_a, pa_b, va, *pte;
+	u32 pa_a, pa_b, va;
+	pte_t *pte;
 	u8 *a, *b;
 	trap_fn old;
 
@@ -177,28 +185,50 @@ static int test_hcall(char *why, size_t whylen)
 	if (peek(va) != 0xAAAA0001)
 		FAIL("FLUSH_TLB(1): still reads %#x", peek(va));
 
-	/* SET_PGD: swap the page table under a user-half 4 MiB region, and
-	 * FLUSH_TLB(0) for a user-half PTE written behind the Host's back. */
+	/* SET_PGD (with PAE: SET_PMD): swap the page table under a user-half
+	 * region (4 MiB; with PAE 2 MiB), and FLUSH_TLB(0) for a user-half PTE
+	 * written behind the Host's back. */
 	{
-		u32 *pt1 = alloc_pages(1), *pt2 = alloc_pages(1);
-		u32 uva = 0x40000000u, pdi = uva >> 22;
+		pte_t *pt1 = alloc_pages(1), *pt2 = alloc_pages(1);
+		u32 uva = 0x40000000u;
 		if (!pt1 || !pt2)
 			FAIL("out of memory");
 		pt1[0] = pa_a | _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY;
 		pt2[0] = pa_b | _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY;
-		set_pgd(swapper_pg_dir, pdi, __pa(pt1) | _KERNPG_TABLE);
+		set_pmd(swapper_pg_dir, uva, __pa(pt1) | _KERNPG_TABLE);
 		if (peek(uva) != 0xAAAA0001)
-			FAIL("SET_PGD: first table reads %#x", peek(uva));
-		set_pgd(swapper_pg_dir, pdi, __pa(pt2) | _KERNPG_TABLE);
+			FAIL(SET_PMD_NAME ": first table reads %#x", peek(uva));
+		set_pmd(swapper_pg_dir, uva, __pa(pt2) | _KERNPG_TABLE);
 		if (peek(uva) != 0xBBBB0002)
-			FAIL("SET_PGD: second table reads %#x", peek(uva));
+			FAIL(SET_PMD_NAME ": second table reads %#x", peek(uva));
 		pt2[0] = pa_a | _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY;
 		hcall(LHCALL_FLUSH_TLB, 0, 0, 0, 0);
 		if (peek(uva) != 0xAAAA0001)
 			FAIL("FLUSH_TLB(0): user mapping still reads %#x", peek(uva));
 
+#ifdef CONFIG_X86_PAE
+		/* SET_PGD: the top-level entry over uva to another PMD page,
+		 * whose table maps uva elsewhere, and back. */
+		{
+			unsigned int pgi = uva >> PGDIR_SHIFT;
+			pgd_t was = swapper_pg_dir[pgi];
+			pmd_t *pmd2 = alloc_pages(1);
+			pte_t *pt3 = alloc_pages(1);
+			if (!pmd2 || !pt3)
+				FAIL("out of memory");
+			pt3[0] = pa_b | _PAGE_PRESENT | _PAGE_RW | _PAGE_ACCESSED | _PAGE_DIRTY;
+			pmd2[0] = __pa(pt3) | _KERNPG_TABLE;
+			set_pgd(swapper_pg_dir, pgi, __pa(pmd2) | PGD_IDENT_ATTR);
+			if (peek(uva) != 0xBBBB0002)
+				FAIL("SET_PGD: the new PMD page reads %#x", peek(uva));
+			set_pgd(swapper_pg_dir, pgi, was);
+			if (peek(uva) != 0xAAAA0001)
+				FAIL("SET_PGD: the old PMD page again reads %#x", peek(uva));
+		}
+#endif
+
 		/* NEW_PGTABLE: another page directory maps uva elsewhere. */
-		u32 *pgdir = new_user_pgdir();
+		pgd_t *pgdir = new_user_pgdir();
 		if (!pgdir)
 			FAIL("out of memory");
 		map_page(pgdir, uva, pa_b, _PAGE_RW);
@@ -209,7 +239,7 @@ static int test_hcall(char *why, size_t whylen)
 			FAIL("NEW_PGTABLE: the new directory reads %#x", seen);
 		if (peek(uva) != 0xAAAA0001)
 			FAIL("NEW_PGTABLE: back in swapper_pg_dir reads %#x", peek(uva));
-		set_pgd(swapper_pg_dir, pdi, 0);
+		set_pmd(swapper_pg_dir, uva, 0);
 	}
 
 	/* LOAD_IDT_ENTRY: point #UD's gate at the bounds stub; ud2 must then
@@ -413,14 +443,18 @@ static void busy_spin(u32 loops)
 
 static int test_irq(char *why, size_t whylen)
 {
-	u32 start, inside;
+	u32 start, inside, blocked;
 	trap_fn old;
 
 	if (!calibrate())
 		FAIL("a 20 ms timer never interrupted a busy loop");
 	printk("irq: spin_per_ms=%u\n", spin_per_ms);
 
-	/* Disabled: the IRQ is held back and irq_pending set. */
+	/* Disabled: the IRQ is held back and irq_pending set.  Only IRQ 0 may set
+	 * it here: a device's interrupt (the C Launcher's threads send theirs
+	 * whenever they finish a buffer) would end the wait before the timer. */
+	blocked = lguest_data.blocked_interrupts;
+	lguest_data.blocked_interrupts = ~1u;
 	irq_disable();
 	lguest_data.irq_pending = 0;
 	start = irq_count[0];
@@ -433,8 +467,10 @@ static int test_irq(char *why, size_t whylen)
 		FAIL("irq_pending never set for a held-back IRQ");
 	/* Enabling: irq_pending makes us SEND_INTERRUPTS, delivered at once. */
 	irq_enable();
-	if (irq_count[0] != start + 1)
-		FAIL("SEND_INTERRUPTS did not deliver the pending IRQ (%u)", irq_count[0] - start);
+	inside = irq_count[0];
+	lguest_data.blocked_interrupts = blocked;
+	if (inside != start + 1)
+		FAIL("SEND_INTERRUPTS did not deliver the pending IRQ (%u)", inside - start);
 
 	/* blocked_interrupts holds back just that IRQ, even when enabled. */
 	lguest_data.blocked_interrupts |= 1;
@@ -528,6 +564,14 @@ static void make_writable(void)
 	map_page(swapper_pg_dir, ro_va, ro_pa, _PAGE_RW);
 }
 
+#ifdef CONFIG_X86_PAE
+static u32 nx_va, nx_pa;
+static void make_executable(void)
+{
+	map_page(swapper_pg_dir, nx_va, nx_pa, 0);
+}
+#endif
+
 static int test_pagefault(char *why, size_t whylen)
 {
 	u32 base = window_pages(9), before = pf_count;
@@ -566,6 +610,34 @@ static int test_pagefault(char *why, size_t whylen)
 		FAIL("write to a read-only page: %u faults, err %#x (CR0.WP?)", expect.count, expect.err);
 	if (peek(ro_va) != 0x0DDBA11)
 		FAIL("retried write lost");
+
+#ifdef CONFIG_X86_PAE
+	/* NX: a call into a readable page marked execute-disable faults with
+	 * error 0x11 (present, instruction fetch) at the page itself, and
+	 * runs once the bit is gone; reading it never faulted. */
+	{
+		u8 *code = alloc_pages(1);
+		if (!code)
+			FAIL("out of memory");
+		code[0] = 0xB8;				/* movl $0x600DC0DE, %eax */
+		*(u32 *)(code + 1) = 0x600DC0DE;
+		code[5] = 0xC3;				/* ret */
+		nx_va = window_pages(1);
+		nx_pa = __pa(code);
+		map_page(swapper_pg_dir, nx_va, nx_pa, _PAGE_NX);
+		if (peek(nx_va) != *(u32 *)code)
+			FAIL("NX: reading the page gives %#x", peek(nx_va));
+		old = expect_trap(14, 0);
+		expect.fix = make_executable;
+		u32 got = ((u32 (*)(void))nx_va)();
+		set_trap_handler(14, old);
+		if (expect.count != 1 || expect.err != 0x11 || lguest_data.cr2 != nx_va)
+			FAIL("NX: %u faults, err %#x, cr2 %#x", expect.count, expect.err,
+			     lguest_data.cr2);
+		if (got != 0x600DC0DE)
+			FAIL("NX: the code returned %#x", got);
+	}
+#endif
 	printk("pagefault: faults=%u ns_per_fault=%u\n", pf_count - before,
 	       tsc_to_ns(t_faults) / 8);
 	return 1;

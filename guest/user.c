@@ -79,8 +79,8 @@ void user_killed(struct pt_regs *regs)
  */
 int run_user(const void *code, size_t len, u32 entry_off, struct user_result *res)
 {
-	u32 *pgdir = new_user_pgdir();
-	u32 *old = current_pgdir;
+	pgd_t *pgdir = new_user_pgdir();
+	pgd_t *old = current_pgdir;
 	u32 flags;
 
 	if (!pgdir)

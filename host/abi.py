@@ -10,6 +10,8 @@ LHREQ_INITIALIZE = 0        # (base, pfnlimit, start): 3.16 takes no page table 
 LHREQ_GETDMA = 1            # long gone; a write of it is EINVAL
 LHREQ_IRQ = 2               # (irq): make an interrupt pending
 LHREQ_BREAK = 3             # (1): Waker stops the Guest; (0): Launcher releases the Waker
+                            # (2.6.24's protocol; 3.16 says "no longer used": EINVAL)
+LHREQ_EVENTFD = 4           # (address, fd): 3.16; a NOTIFY of address signals the eventfd
 
 # --- Hypercalls (asm/lguest_hcall.h) --------------------------------------------------
 LHCALL_FLUSH_ASYNC = 0
@@ -22,7 +24,7 @@ LHCALL_SET_STACK = 7
 LHCALL_TS = 8
 LHCALL_SET_CLOCKEVENT = 9
 LHCALL_HALT = 10
-LHCALL_SET_PMD = 13         # PAE Guests only: our Host is non-PAE, so it is a "Bad hypercall"
+LHCALL_SET_PMD = 13         # PAE Guests only (a "Bad hypercall" from a non-PAE Guest)
 LHCALL_SET_PTE = 14
 LHCALL_SET_PGD = 15
 LHCALL_LOAD_TLS = 16
@@ -98,6 +100,7 @@ X86_CR0_NE = 0x00000020
 X86_CR0_WP = 0x00010000
 X86_CR0_PG = 0x80000000
 X86_CR4_PSE = 0x00000010
+X86_CR4_PAE = 0x00000020
 X86_CR4_OSFXSR = 0x00000200
 X86_CR4_OSXMMEXCPT = 0x00000400
 
@@ -114,8 +117,26 @@ PAGE_SHIFT = 12
 PTRS_PER_PGD = 1024
 PGDIR_SHIFT = 22
 
+# PAE (CONFIG_X86_PAE, asm/pgtable-3level_types.h): 64-bit entries, three levels.  The top
+# level is a 4-entry "page directory pointer table" (Linux's pgd, 32-byte aligned) whose
+# entries may carry only _PAGE_PRESENT; each points at a 512-entry PMD page (2 MiB per
+# entry), each PMD at a 512-entry page table.  Physical addresses have 44 bits
+# (__PHYSICAL_MASK_SHIFT): the bits above them, like the low 12, are "flags".
+PTRS_PER_PGD_PAE = 4
+PTRS_PER_PMD = 512
+PTRS_PER_PTE_PAE = 512
+PGDIR_SHIFT_PAE = 30
+PMD_SHIFT = 21
+PTE_PFN_MASK_PAE = ((1 << 44) - 1) & ~(PAGE_SIZE - 1)
+MSR_EFER = 0xC0000080
+EFER_NX = 0x00000800
+
 # Where the Switcher lived: the top 4 MiB of every Guest address space.  The Guest is
 # told to keep out of it (lguest_data.reserve_mem); we keep the Host's GDT there.
 SWITCHER_ADDR = 0xFFC00000
 SWITCHER_PGD_INDEX = PTRS_PER_PGD - 1
 RESERVE_MEM = 0x100000000 - SWITCHER_ADDR        # 4 MiB
+# The same 4 MiB under PAE: the top PGD entry, and in the PMD page it points at the last
+# two entries (2 MiB each).
+SWITCHER_PGD_INDEX_PAE = PTRS_PER_PGD_PAE - 1
+SWITCHER_PMD_INDEX = (SWITCHER_ADDR >> PMD_SHIFT) & (PTRS_PER_PMD - 1)     # 510

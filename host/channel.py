@@ -1,10 +1,10 @@
-"""The Host's helper thread: BREAK from the Waker and the Guest's clock event.
+"""The Host's helper thread and the events it raises for the run loop.
 
 In Linux, the Waker's LHREQ_BREAK write woke the Launcher's task out of the Guest
-(break_guest_out() in lguest_user.c) and the clock event was an hrtimer whose callback
-called set_interrupt(cpu, 0).  Here the Guest runs inside unicorn's emu_start() on the
-Launcher's main thread, so something else has to notice those events and stop the
-emulation: one helper thread, which sleeps in select() on
+(break_guest_out() in 2.6.24's lguest_user.c) and the clock event was an hrtimer whose
+callback called set_interrupt(cpu, 0).  Here the Guest runs inside unicorn's emu_start()
+on the Launcher's main thread, so something else has to notice those events and stop
+the emulation: one helper thread, which sleeps in select() on
 
   * our end of a socketpair whose other end the Waker process holds (a byte from the
     Waker = BREAK; end-of-file = the Waker died),
@@ -13,13 +13,7 @@ emulation: one helper thread, which sleeps in select() on
     stands in for the host timer interrupts which used to get the real Host out of
     a spinning Guest to deliver a still-pending interrupt.
 
-The thread never calls emu_stop() itself: from another thread unicorn stops in the
-middle of a translation block and then runs part of it again (see StopRequest in
-ucinternals.py).  It bumps kick_gen and raises the StopRequest flag; a native block
-hook stops the engine at the next block boundary.  The run loop lowers the flag *before*
-its last look at kick_gen and stays out of emu_start() while an event is unseen, so no
-event is lost: one raised after that look finds the flag up and stops the engine at the
-first block it runs.
+What it sees goes into one Events object, which the run loop takes all at once.
 """
 
 import os
@@ -35,6 +29,121 @@ from .ucinternals import StopRequest
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
 SWITCH_INTERVAL = 0.0002
 RECHECK = 0.001           # a pending interrupt is looked at again within this (a "tick")
+
+# The events, as bits of Events.bits.
+TIMER = 1                 # the clock event expired: IRQ 0
+BREAK = 2                 # the Waker wrote LHREQ_BREAK 1
+WAKER_GONE = 4            # the Waker's end of the BREAK channel closed
+RECHECK_TICK = 8          # look at still-pending interrupts again
+# From threads other than the helper (the 3.16 protocol, host/lguest_socket.py):
+IRQS = 16                 # LHREQ_IRQ: Events.irqs says which
+FOREIGN_WRITE = 32        # Guest memory written behind the CPU's back: Events.dirty says where
+
+
+class Events:
+    """What happened outside the Guest that the run loop must look at: one word of bits
+    (TIMER, BREAK, WAKER_GONE, RECHECK_TICK; IRQS and FOREIGN_WRITE), raised by the
+    helper thread (and by the threads serving the 3.16 protocol), taken all at once by
+    the run loop.
+
+      raise_(bits)   the thread: add events, then stop the engine and wake a halt
+      pending()      the loop: anything to take?  (cheap: asked on every hypercall)
+      take() -> bits the loop: every raised event, cleared; WAKER_GONE stays raised,
+                     because the Waker stays gone
+      raise_irq(irq), raise_foreign_write(gpa, length)   any thread: with their payload,
+                     which take_irqs() / take_dirty() hand over
+
+    The clock event is an event whose time is known: `deadline` (time.monotonic(), or
+    None).  Either side turns an expired deadline into TIMER, so the loop does not wait
+    for the thread to get the GIL to see its tick.
+
+    No event is lost and none waits for the Guest's next exit, because of two orders:
+      * raise_() stores the bits *before* it raises the stop request;
+      * the run loop lowers the stop request (stop.clear()) *before* its last pending()
+        and stays out of the engine while anything is pending.
+    An event raised after that last look finds the request up, and the engine stops at
+    its next block boundary.  (A request raised for an event the loop has already taken
+    stops the engine with nothing new to see: a harmless re-entry.)
+
+    stop is the engine's stop request: set() / clear() / is_set(), taken only at a
+    translation-block boundary (ucinternals.StopRequest).  wake is set on every raise,
+    for a halted Guest's sleep.
+    """
+
+    def __init__(self, stop):
+        self.stop = stop
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.bits = 0
+        self.deadline = None
+        self.irqs = 0                 # IRQS: the interrupts other threads asked for
+        self.dirty = []               # FOREIGN_WRITE: (gpa, length) to retranslate
+
+    def raise_(self, bits):
+        """Raise bits, and TIMER if the clock event has expired (helper thread)."""
+        with self.lock:
+            bits |= self._expired(time.monotonic())
+            if not bits:
+                return
+            self.bits |= bits
+        self.stop.set()               # after the bits: see the class docstring
+        self.wake.set()
+
+    def raise_irq(self, irq):
+        """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
+        out of the Guest or out of HALT)."""
+        with self.lock:
+            self.irqs |= 1 << irq
+        self.raise_(IRQS)
+
+    def raise_foreign_write(self, gpa, length):
+        """Another process wrote Guest-physical [gpa, gpa+length) (the C Launcher's
+        block thread): the loop drops unicorn's translations there before it delivers
+        any interrupt that follows."""
+        with self.lock:
+            self.dirty.append((gpa, length))
+        self.raise_(FOREIGN_WRITE)
+
+    def take_irqs(self):
+        with self.lock:
+            irqs, self.irqs = self.irqs, 0
+        return irqs
+
+    def take_dirty(self):
+        with self.lock:
+            dirty, self.dirty = self.dirty, []
+        return dirty
+
+    def pending(self):
+        """True if take() has something (the run loop, and its hook on every exit)."""
+        dl = self.deadline
+        return self.bits != 0 or (dl is not None and time.monotonic() >= dl)
+
+    def take(self):
+        """Every raised event as bits, and clear them (WAKER_GONE stays)."""
+        if not self.pending():
+            return 0
+        with self.lock:
+            bits = self.bits | self._expired(time.monotonic())
+            self.bits = bits & WAKER_GONE
+        return bits
+
+    def set_clock(self, deadline):
+        """Replace the clock event's deadline (None cancels it); returns True if the one
+        it replaces had expired.  The hrtimer would have raised IRQ 0 the moment it
+        expired, so re-arming or cancelling afterwards never took that interrupt back."""
+        with self.lock:
+            fired = self._expired(time.monotonic())
+            self.deadline = deadline
+        return fired != 0
+
+    def _expired(self, now):
+        """TIMER (and the deadline gone) if the clock event has expired; lock held."""
+        dl = self.deadline
+        if dl is not None and now >= dl:
+            self.deadline = None
+            return TIMER
+        return 0
 
 
 class Breaker:
@@ -64,25 +173,16 @@ class Breaker:
 
 
 class Channel:
-    """Events for the run loop from the helper thread.  Created at LHREQ_INITIALIZE;
-    the thread starts on the first read() (start()).  All flags are plain attributes:
-    the thread only sets them, the main loop consumes them under .lock."""
+    """The helper thread and the BREAK channel.  Created at LHREQ_INITIALIZE with the
+    engine it stops; the thread starts on the first read() (start()).  What it sees
+    goes into .events."""
 
     def __init__(self, uc):
-        self.uc = uc
-        self.stop_request = StopRequest(uc)
-        self.lock = threading.Lock()
-        self.kick_gen = 0          # written by the thread only
-        self.kick_seen = 0         # written by the main loop only
-        self.break_flag = False
-        self.waker_gone = False
-        self.timer_fired = False
-        self.deadline = None       # time.monotonic() of the clock event, or None
+        self.events = Events(StopRequest(uc))
         self.recheck = None        # time.monotonic() to stop the Guest and look again
-        self._thread_deadline = None
+        self._thread_deadline = None   # when the sleeping thread looks next
         self.breaks_received = 0   # thread
         self.breaks_released = 0   # main
-        self.wake = threading.Event()
         self.host_sock = None
         self.waker_sock = None
         self._ctl_r = self._ctl_w = None
@@ -145,14 +245,16 @@ class Channel:
 
     # --- the main loop's side --------------------------------------------------------
     def set_clockevent(self, delta_ns):
-        with self.lock:
-            if delta_ns == 0:
-                self.deadline = None
-                return
-            self.deadline = dl = time.monotonic() + delta_ns / 1e9
-            td = self._thread_deadline
-        if self._ctl_w is not None and (td is None or dl < td):
+        """The clock event: TIMER in delta_ns (0 cancels).  Returns True if the deadline
+        it replaces had already expired (see Events.set_clock)."""
+        dl = None if delta_ns == 0 else time.monotonic() + delta_ns / 1e9
+        fired = self.events.set_clock(dl)
+        # Read after the store: the thread reads the deadline and records when it
+        # looks next in one locked step, so this is never older than both.
+        td = self._thread_deadline
+        if dl is not None and self._ctl_w is not None and (td is None or dl < td):
             self._poke()
+        return fired
 
     def request_recheck(self, delay=RECHECK):
         """Stop the Guest in `delay` seconds so the run loop looks at interrupts again.
@@ -161,13 +263,27 @@ class Channel:
         still-pending interrupt within milliseconds, even to a Guest that spins with no
         hypercall.  Nothing else would stop our emulation: this tick stands in for it.
         """
-        with self.lock:
+        with self.events.lock:        # the lock the thread reads its timers under
             if self.recheck is not None:
                 return
             self.recheck = t = time.monotonic() + delay
             td = self._thread_deadline
         if self._ctl_w is not None and (td is None or t < td):
             self._poke()
+
+    # --- other threads' side (the 3.16 protocol: the Launcher's device threads) -----
+    def set_interrupt(self, irq):
+        """LHREQ_IRQ from a thread other than the run loop's (Events.raise_irq)."""
+        self.events.raise_irq(irq)
+
+    def foreign_write(self, gpa, length):
+        """Guest memory another process wrote (Events.raise_foreign_write)."""
+        self.events.raise_foreign_write(gpa, length)
+
+    def signal_pending(self):
+        """The task reading /dev/lguest has gone: like a fatal signal, which made
+        run_guest() return -ERESTARTSYS, a BREAK makes the run loop return EAGAIN."""
+        self.events.raise_(BREAK)
 
     def release_waker(self):
         """LHREQ_BREAK, 0: let every blocked BREAK writer go."""
@@ -181,13 +297,15 @@ class Channel:
 
     # --- the thread ------------------------------------------------------------------
     def _run(self):
+        ev = self.events
+        waker_gone = False
         while not self._closing:
             # breaker() may come after the first read(): look for the socket each time.
             fds = [self._ctl_r]
-            if self.host_sock is not None and not self.waker_gone:
+            if self.host_sock is not None and not waker_gone:
                 fds.append(self.host_sock)
-            with self.lock:
-                dl = self.deadline
+            with ev.lock:
+                dl = ev.deadline
                 if self.recheck is not None and (dl is None or self.recheck < dl):
                     dl = self.recheck
                 self._thread_deadline = dl
@@ -198,7 +316,7 @@ class Channel:
                 return
             if self._closing:
                 return
-            new = False
+            bits = 0
             if self._ctl_r in r:
                 try:
                     os.read(self._ctl_r, 4096)
@@ -211,21 +329,12 @@ class Channel:
                     data = b""
                 if data:
                     self.breaks_received += len(data)
-                    self.break_flag = True
+                    bits |= BREAK
                 else:
-                    self.waker_gone = True
-                new = True
-            with self.lock:
-                now = time.monotonic()
-                if self.deadline is not None and now >= self.deadline:
-                    self.deadline = None
-                    self.timer_fired = True
-                    new = True
-                if self.recheck is not None and now >= self.recheck:
+                    waker_gone = True
+                    bits |= WAKER_GONE
+            with ev.lock:
+                if self.recheck is not None and time.monotonic() >= self.recheck:
                     self.recheck = None
-                    new = True
-            if new:
-                # Order matters: the event first, then the flag (see the docstring).
-                self.kick_gen += 1
-                self.stop_request.set()
-                self.wake.set()
+                    bits |= RECHECK_TICK
+            ev.raise_(bits)           # adds TIMER if the clock event expired

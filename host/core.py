@@ -1,48 +1,37 @@
-"""The heart of the Host: run_guest() and what happens when the Guest traps.
+"""The heart of the Host: the Guest's state and run_guest().
 
-Mirrors drivers/lguest/core.c (run_guest, lgread/lgwrite) and x86/core.c
-(lguest_arch_handle_trap, emulate_insn).  The Switcher is gone: the Guest's code runs
-inside unicorn's emu_start(), and everything that made the real Guest exit to the Host
-arrives in a hook instead:
+Mirrors drivers/lguest/core.c (run_guest, lgread/lgwrite, kill_guest) and lg.h (struct
+lguest, struct lg_cpu).  run_guest() is 3.16's loop, step for step:
 
-  UC_HOOK_INTR          every "int n" and every fault (the hypercall is "int $0x1f")
-  UC_HOOK_INSN_INVALID  #UD
-  UC_HOOK_INSN (in/out) I/O instructions, which unicorn never faults at ring 1 or 3
-  UC_HOOK_MEM_INVALID   the Guest reaching for memory it does not have
+  1. run the hypercall the Guest asked for       do_hypercalls()
+  2. a NOTIFY goes back to the Launcher          return the address
+  3. "signals": the helper thread's events       clock -> IRQ 0, BREAK -> EAGAIN,
+                                                 Waker gone -> WakerDied
+  4. deliver an interrupt it can take now        try_deliver_interrupt()
+  5. halted: sleep until woken, go round again
+  6. run the Guest once                          x86_core.run_once() -> an Exit
+  7. handle the exit                             handle_exit()
 
-Most exits are handled inside the hook and the Guest carries on in the same emu_start()
-(redirecting eip/esp/cs/ss from a hook works): a hypercall costs about a microsecond
-that way.  The hook stops the emulation only when the Launcher must see something
-(NOTIFY, BREAK, a death) or the Guest halts.
+Most traps never reach step 7: the hooks in x86_core.py handle them inside emu_start()
+and call between_traps(), which does steps 2-5 there, or stops the engine when the loop
+must do them itself.
 """
 
+import ctypes
 import errno
+import os
 import struct
-import time
 
-from unicorn import UcError
-from unicorn import unicorn_const as UCC
-from unicorn import x86_const as X
-from unicorn.unicorn_py3.unicorn import uclib
-
-from . import hypercalls, page_tables, segments
+from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
-from .abi import (_PAGE_TABLE, GUEST_PL, IDT_ENTRIES, LD_CR2, LGUEST_IRQS, LGUEST_TRAP_ENTRY,
-                  PAGE_SIZE, SWITCHER_ADDR, X86_CR0_TS, X86_CR4_PSE)
-from .channel import Channel
+from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
+from .channel import BREAK, FOREIGN_WRITE, IRQS, TIMER, WAKER_GONE, Channel
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .tsc import TscRate
-from .ucinternals import (CS_SELECTOR_WORD, EAX, EBX, ECX, EDX, ESI, R_CS, R_DS, R_ES, R_FS,
-                          R_GS)
+from .x86_core import Exit
 
-UNTIL = 1 << 40               # an emu_start() end address the Guest can never reach
 _U32 = struct.Struct("<I")
-
-_SEG_REGS = ((R_DS, X.UC_X86_REG_DS), (R_ES, X.UC_X86_REG_ES),
-             (R_FS, X.UC_X86_REG_FS), (R_GS, X.UC_X86_REG_GS))
-
-# uc_ctl() codes, encoded as the binding does: (op << 30) | (nargs << 26) | ctl
-_CTL_TLB_FLUSH = (UCC.UC_CTL_IO_WRITE << 30) | UCC.UC_CTL_TLB_FLUSH
+_EVENTFD_ONE = (1).to_bytes(8, "little")    # eventfd_signal(ctx, 1)
 
 
 class GuestDied(Exception):
@@ -62,55 +51,61 @@ class WakerDied(Exception):
 
 
 class Guest:
-    """One Guest and its one CPU (struct lguest + struct lg_cpu in C).
+    """One Guest and its one CPU: struct lguest and struct lg_cpu in one object (every
+    Host file reaches both halves, as the C did through cpu->lg, so one name serves).
 
     Guest memory is the Launcher's mapping at `base`, pfn_limit pages long; Guest-physical
     address N is byte N of self.mem and unicorn physical address N.
     """
 
     def __init__(self, base, pfn_limit, start):
-        import ctypes
+        # --- struct lguest: the Guest as a whole --------------------------------------
         self.pfn_limit = pfn_limit
         self.mem_limit = pfn_limit * PAGE_SIZE
         self._memobj = (ctypes.c_char * self.mem_limit).from_address(base)
         self.mem = memoryview(self._memobj).cast("B")
-        self.uc, self.ui = make_engine(base, pfn_limit)
+        self.lguest_data = None
+        self.kernel_address = None
+        self.noirq_start = self.noirq_end = 0
+        self.syscall_vec = 0x80
+        self.stack_pages = 0
+        self.known_pgdirs = set()     # the page directories it has used (pgdirs[])
         self.tsc = TscRate()          # starts measuring now; read at LGUEST_INIT
-        self._uch = self.uc._uch
+        self.dead = None              # why it died (the first reason given)
+        self.poweroff = self.restart = False
+
+        # --- struct lg_cpu: its one CPU ------------------------------------------------
+        self.uc, self.ui = make_engine(base, pfn_limit)     # the registers: ui.eip...
         self.host = HostPages(self.uc, pfn_limit)
         self.gdt = self.host.gdt
+        self.gdt_changed = False      # C: cpu->changed & CHANGED_GDT
         self.idt = [(0, 0)] * IDT_ENTRIES
-
-        self.lguest_data = None
-        self.noirq_start = self.noirq_end = 0
-        self.kernel_address = None
-        self.syscall_vec = 0x80
-        self.irqs_pending = 0
-        self.halted = False
         self.ts = 0
-        self.pending_notify = 0
-        self.hcall = None
-        self.next_hcall = 0
-        self.dead = None
-        self.poweroff = self.restart = False
-        self.break_out = False
-        self.waker_died = False
-        self.esp1 = self.ss1 = self.stack_pages = 0
+        self.esp1 = self.ss1 = 0
         self.linear_pages = True
+        self.pae = False              # learnt at the first NEW_PGTABLE (page_tables.py)
         self.pgdir = 0
-        self.known_pgdirs = set()
-        self.gdt_changed = False
         self.cr4 = 0
-        self.stop_asked = False       # a hook asked emu_start to stop, for a reason
+        self.hcall = None             # the hypercall's (eax, ebx, ecx, edx, esi)
+        self.next_hcall = 0
+        self.pending_notify = 0
+        self.eventfds = ()            # ((address, eventfd), ...): LHREQ_EVENTFD (3.16)
+        self.halted = False
+        self.irqs_pending = 0         # bitmap of LGUEST_IRQS
+        self.break_out = False        # LHREQ_BREAK 1, until LHREQ_BREAK 0
+
+        # --- the helper thread (the hrtimer, break_guest_out) and the engine's exits ---
+        self.channel = Channel(self.uc)
+        self.events = self.channel.events
+        self.exit = None              # why a hook stopped the engine (an Exit)
         self.fault = None             # (access, address) from the memory hook
-        self.hook_error = None        # an exception raised inside _hook_intr
+        self.host_error = None        # an exception raised inside a hook
 
         segments.setup_default_gdt_entries(self)
         segments.setup_guest_gdt(self)
         setup_regs(self.uc, self.ui, start)
         self.cr4 = HOST_CR4 | X86_CR4_PSE
-        self.channel = Channel(self.uc)
-        self._install_hooks()
+        x86_core.install_hooks(self)
 
     # --- Guest memory: lgread/lgwrite and friends ------------------------------------
     def address_ok(self, addr, length):
@@ -145,6 +140,21 @@ class Guest:
         self.kill_guest("bad read address %#x len %u" % (addr & 0xFFFFFFFF, length))
         return bytes(length)
 
+    def send_notify_to_eventfd(self):
+        """A NOTIFY of an address the Launcher attached an eventfd to (LHREQ_EVENTFD,
+        the 3.16 protocol) signals that eventfd -- the virtqueue's thread wakes -- and
+        never reaches the Launcher's read().  Mirrors send_notify_to_eventfd() in
+        lguest_user.c: the first entry for the address wins.  Returns True if taken."""
+        for addr, fd in self.eventfds:
+            if addr == self.pending_notify:
+                try:
+                    os.write(fd, _EVENTFD_ONE)
+                except OSError:
+                    pass              # its thread is gone: nobody to tell
+                self.pending_notify = 0
+                return True
+        return False
+
     def kill_guest(self, reason):
         """Mark the Guest dead; the first reason given wins.  Mirrors kill_guest()."""
         if self.dead is None:
@@ -152,295 +162,21 @@ class Guest:
 
     # --- CPU control registers -------------------------------------------------------
     def tlb_flush(self):
-        uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
+        self.ui.flush_tlb()
 
     def set_cr3(self, val):
-        self.ui.reg_write(X.UC_X86_REG_CR3, val)
+        self.ui.cr3 = val
 
     def set_cr4(self, val):
         self.cr4 = val
-        self.ui.reg_write(X.UC_X86_REG_CR4, val)
+        self.ui.cr4 = val
 
     def set_ts(self, ts):
         """LHCALL_TS: the Guest's CR0.TS, which makes its FPU use trap with #NM."""
         if bool(ts) != bool(self.ts):
-            cr0 = self.ui.reg_read(X.UC_X86_REG_CR0)
-            cr0 = cr0 | X86_CR0_TS if ts else cr0 & ~X86_CR0_TS
-            self.ui.reg_write(X.UC_X86_REG_CR0, cr0)
+            cr0 = self.ui.cr0
+            self.ui.cr0 = cr0 | X86_CR0_TS if ts else cr0 & ~X86_CR0_TS
         self.ts = ts
-
-    def reload_segments(self):
-        """After the GDT changed, reload %ds/%es/%fs/%gs from it, as the Switcher did on
-        every entry; a selector that no longer loads kills with the Switcher's words."""
-        self.gdt_changed = False
-        ui = self.ui
-        for seg, reg in _SEG_REGS:
-            sel = ui.selector(seg)
-            if sel & ~3 and ui.reg_write(reg, sel):
-                self.kill_guest("unhandled trap 256 at %#x (%#x)" % (ui.q[16] & 0xFFFFFFFF, 0))
-                return
-
-    # --- hooks: lguest_arch_handle_trap() --------------------------------------------
-    def _install_hooks(self):
-        uc = self.uc
-        self.ui.hook_intr_raw(self._intr_entry)
-        uc.hook_add(UCC.UC_HOOK_INSN_INVALID, self._hook_invalid)
-        uc.hook_add(UCC.UC_HOOK_INSN, self._hook_in, None, 1, 0, X.UC_X86_INS_IN)
-        uc.hook_add(UCC.UC_HOOK_INSN, self._hook_out, None, 1, 0, X.UC_X86_INS_OUT)
-        uc.hook_add(UCC.UC_HOOK_MEM_INVALID, self._hook_mem_invalid)
-
-    def _stop(self):
-        self.stop_asked = True
-        self.uc.emu_stop()
-
-    def _after_exit(self):
-        """What the top of run_guest() does before re-entering the Guest, done inline in
-        the hook when nothing needs the Launcher: deliver interrupts, or else stop."""
-        if (self.dead is not None or self.pending_notify or self.hcall is not None
-                or self.channel.kick_gen != self.channel.kick_seen):
-            self._stop()
-            return
-        if self.gdt_changed:
-            self.reload_segments()
-        ch = self.channel
-        dl = ch.deadline
-        if dl is not None and time.monotonic() >= dl:
-            self._stop()              # let the run loop take the timer the proper way
-            return
-        if self.irqs_pending:
-            it.deliver_interrupts(self)
-            if self.irqs_pending:
-                ch.request_recheck()
-        if self.halted or self.dead is not None:
-            self._stop()
-
-    def _intr_entry(self, intno):
-        """The raw UC_HOOK_INTR callback: nothing may escape into ctypes, which would
-        print a traceback and carry on.  Whatever goes wrong stops the Guest, and the
-        run loop turns it into one line (or re-raises ^C and friends)."""
-        try:
-            self._hook_intr(intno)
-        except BaseException as e:
-            if self.hook_error is None:
-                self.hook_error = e
-            self._stop()
-
-    def _hook_intr(self, intno):
-        ui = self.ui
-        if intno == LGUEST_TRAP_ENTRY and (ui.d[CS_SELECTOR_WORD] & 3) == GUEST_PL:
-            # The hypercall, from the Guest kernel.  struct hcall_args maps over the
-            # registers: eax, ebx, ecx, edx, esi.
-            q = ui.q
-            self.hcall = (q[EAX] & 0xFFFFFFFF, q[EBX] & 0xFFFFFFFF, q[ECX] & 0xFFFFFFFF,
-                          q[EDX] & 0xFFFFFFFF, q[ESI] & 0xFFFFFFFF)
-            hypercalls.do_hypercalls(self)
-            self._after_exit()
-            return
-        ui.clear_exception_state()
-        if ui.exception_is_int():
-            self._software_int(intno)
-        else:
-            self.handle_trap(intno, ui.error_code())
-        self._after_exit()
-
-    def _software_int(self, num):
-        """"int n" (and int3/into): the IDT gate's DPL decides, as the CPU did for the
-        real Host.  Too privileged a gate is a #GP with error code (n << 3) | 2 at the
-        int instruction itself."""
-        ui = self.ui
-        next_eip = ui.q[16] & 0xFFFFFFFF
-        if ui.cpl() > it.gate_dpl(self, num):
-            # "int n" is CD nn; int3 (CC) and into (CE) are one byte.
-            insn = next_eip - 2
-            if self._peek_byte(insn) != 0xCD or self._peek_byte(insn + 1) != num:
-                insn = next_eip - 1
-            ui.q[16] = insn
-            self.handle_trap(13, (num << 3) | 2)
-            return
-        if num >= 32:
-            if it.could_be_syscall(self, num):
-                # A trap gate went straight to the Guest through the real IDT.  (3.16
-                # silently dropped an *interrupt* gate here; later Hosts delivered it,
-                # and so do we.)
-                if not it.deliver_trap(self, num):
-                    self._unhandled(num, 0)
-            # Any other vector >= 32 was taken by the Host as a real interrupt: ignored.
-            return
-        if num == 7 and not self.ts:
-            return
-        if num == 14 and self.lguest_data is not None:
-            self.write_u32(self.lguest_data + LD_CR2, ui.cr(2))
-        if not it.deliver_trap(self, num, 0):
-            self._unhandled(num, 0)
-
-    def handle_trap(self, trapnum, errcode):
-        """A fault the Guest took; mirrors lguest_arch_handle_trap()."""
-        ui = self.ui
-        if trapnum == 13:
-            if errcode == 0 and self.emulate_insn():
-                return
-        elif trapnum == 14:
-            cr2 = ui.cr(2) & 0xFFFFFFFF
-            if not self.linear_pages and not self._check_gpgd(cr2):
-                return
-            if self.lguest_data is not None:
-                self.write_u32(self.lguest_data + LD_CR2, cr2)
-            if not it.deliver_trap(self, 14, errcode):
-                self._unhandled(14, cr2)
-            return
-        elif trapnum == 7:
-            # #NM: only the Guest's TS makes it its business.
-            if not self.ts:
-                return
-        if not it.deliver_trap(self, trapnum, errcode):
-            self._unhandled(trapnum, errcode)
-
-    def _check_gpgd(self, vaddr):
-        """The checks demand_page() made on every fault: a present top-level entry with
-        odd flags or a page table outside the Guest kills "bad page directory entry"
-        (unicorn just read zeroes there and called it a not-present page)."""
-        if vaddr >= SWITCHER_ADDR:
-            return True               # the Host's own slot: a plain fault for the Guest
-        pgd = self.read_u32(self.pgdir + (vaddr >> 22) * 4)
-        if pgd & 1 and ((pgd & 0xFFF) & ~_PAGE_TABLE or (pgd >> 12) >= self.pfn_limit):
-            self.kill_guest("bad page directory entry")
-            return False
-        return True
-
-    def _unhandled(self, trapnum, info):
-        self.kill_guest("unhandled trap %li at %#x (%#x)"
-                        % (trapnum, self.ui.q[16] & 0xFFFFFFFF, info & 0xFFFFFFFF))
-
-    def emulate_insn(self):
-        """Emulate the few instructions that #GP at ring 1; mirrors emulate_insn().
-
-        cli is skipped; in/out (8/16/32-bit, immediate or %dx port) read all ones and
-        write nowhere.  Only the Guest kernel gets this: from user space it is a #GP.
-        Returns True if done.  (unicorn itself never faults on in/out: see _hook_in.)
-        """
-        ui = self.ui
-        eip = ui.q[16] & 0xFFFFFFFF
-        if (ui.selector(R_CS) & 3) != GUEST_PL:
-            return False
-        physaddr = page_tables.guest_pa(self, eip)
-        insn = self._rd8(physaddr)
-        if self.dead is not None:
-            return False
-        if insn == 0xFA:                       # cli
-            ui.q[16] = eip + 1
-            return True
-        if insn == 0x0F and not it.idt_present(*self.idt[13]):
-            # rdmsr/wrmsr before the Guest has any #GP handler.  Our departure from
-            # the real Host, which killed "unhandled trap 13" here: unicorn's CPU
-            # says GenuineIntel family 6, and a Linux built with the early microcode
-            # loader (CONFIG_MICROCODE_EARLY) probes MSRs in startup_32, before
-            # lguest_entry.  Reading zeroes (and dropping writes) lets that loader
-            # find nothing to do, as on a CPU without an update.  Once the Guest has
-            # a #GP gate it gets the #GP, as it did on the real Host (rdmsr_safe).
-            op2 = self._rd8(physaddr + 1)
-            if op2 == 0x32:                    # rdmsr: edx:eax = 0
-                ui.q[EAX] = 0
-                ui.q[EDX] = 0
-                ui.q[16] = eip + 2
-                return True
-            if op2 == 0x30:                    # wrmsr: ignored
-                ui.q[16] = eip + 2
-                return True
-        insnlen = 0
-        small = False
-        if insn == 0x66:                       # operand-size prefix: 16-bit in/out
-            small = True
-            insnlen = 1
-            insn = self._rd8(physaddr + 1)
-        op = insn & 0xFE
-        if op == 0xE4:
-            insnlen += 2
-            is_in = True
-        elif op == 0xEC:
-            insnlen += 1
-            is_in = True
-        elif op == 0xE6:
-            insnlen += 2
-            is_in = False
-        elif op == 0xEE:
-            insnlen += 1
-            is_in = False
-        else:
-            return False
-        if is_in:
-            eax = ui.q[EAX] & 0xFFFFFFFF
-            if insn & 1:
-                eax = (eax | 0xFFFF) if small else 0xFFFFFFFF
-            else:
-                eax |= 0xFF
-            ui.q[EAX] = eax
-        ui.q[16] = eip + insnlen
-        return True
-
-    def _peek_byte(self, vaddr):
-        """The byte at Guest-virtual vaddr, or None; never kills (unlike guest_pa())."""
-        if self.linear_pages:
-            pa = vaddr
-        else:
-            ent = page_tables.lookup_pte(self, vaddr)
-            if ent is None or not ent[0] & 1 or not ent[1] & 1:
-                return None
-            pa = (ent[1] & 0xFFFFF000) | (vaddr & 0xFFF)
-        return self.mem[pa] if 0 <= pa < self.mem_limit else None
-
-    def _rd8(self, addr):
-        if 0 <= addr < self.mem_limit:
-            return self.mem[addr]
-        self.kill_guest("bad read address %#x len %u" % (addr & 0xFFFFFFFF, 1))
-        return 0
-
-    def _hook_invalid(self, uc, _ud):
-        """#UD: reflect trap 6."""
-        self.ui.clear_exception_state()
-        self.handle_trap(6, 0)
-        self._after_exit()
-        return True
-
-    def _hook_in(self, uc, port, size, _ud):
-        """unicorn runs "in" without the I/O permission check that made it #GP(0) for the
-        real Host; answer as emulate_insn() did: all ones (only the low byte/word for
-        8/16-bit, which is all unicorn stores)."""
-        return 0xFF if size == 1 else 0xFFFF if size == 2 else 0xFFFFFFFF
-
-    def _hook_out(self, uc, port, size, value, _ud):
-        """"out" goes nowhere, as emulate_insn() did."""
-
-    def _hook_mem_invalid(self, uc, access, address, size, value, _ud):
-        """The Guest touched memory it doesn't have: remember where, let unicorn stop."""
-        if self.fault is None:
-            self.fault = (access, address & 0xFFFFFFFF)
-        return False
-
-    def _memory_death(self, err):
-        """Turn unicorn's memory error into the kill the real Host would have given.
-
-        unicorn names the *physical* address.  Past NEW_PGTABLE the Guest reached it
-        through its own tables: through a page-directory entry (the address is inside a
-        "page table" outside memory) or a page-table entry, which the real Host refused
-        as "bad page directory entry" / "bad page table entry" in demand_page().
-        """
-        access, paddr = self.fault if self.fault else (None, None)
-        self.fault = None
-        if paddr is not None and not self.linear_pages and paddr >= self.mem_limit:
-            frame = paddr & 0xFFFFF000
-            pd = self.pgdir
-            for i in range(1024):
-                pgd = self.u32_at(pd + 4 * i)
-                if pgd & 1 and (pgd & 0xFFFFF000) == frame and i != 1023:
-                    self.kill_guest("bad page directory entry")
-                    return
-            self.kill_guest("bad page table entry")
-            return
-        where = paddr if paddr is not None else self.ui.q[16] & 0xFFFFFFFF
-        if access in (UCC.UC_MEM_WRITE_UNMAPPED, UCC.UC_MEM_WRITE_PROT):
-            self.kill_guest("bad write address %#x len %u" % (where, 4))
-        else:
-            self.kill_guest("bad read address %#x len %u" % (where, 4))
 
     # --- the run loop ----------------------------------------------------------------
     def run_guest(self):
@@ -449,101 +185,94 @@ class Guest:
         Returns a NOTIFY address; raises BlockingIOError(EAGAIN) for a BREAK, WakerDied,
         or GuestDied.
         """
-        ch = self.channel
-        ui = self.ui
         while self.dead is None:
-            # A hypercall left pending behind an async NOTIFY runs now, once the
-            # Launcher has seen that NOTIFY (read() cleared pending_notify).
+            # 1. A hypercall left behind an async NOTIFY runs once the Launcher saw it.
             if self.hcall is not None and not self.pending_notify:
                 hypercalls.do_hypercalls(self)
+            # 2. A NOTIFY is for the Launcher, unless an eventfd takes it (3.16); then a
+            #    hypercall queued behind it runs now.
             if self.pending_notify:
-                return self.pending_notify
-            self.collect_events()
+                if not self.send_notify_to_eventfd():
+                    return self.pending_notify
+                continue
+            # 3. "Check for signals": what the helper thread raised.
+            ev = self.events.take()
+            if ev & FOREIGN_WRITE:
+                # Before any interrupt that follows: the Guest may run what was read in.
+                for gpa, length in self.events.take_dirty():
+                    self.drop_translations(gpa, length)
+            if ev & TIMER:
+                it.set_interrupt(self, 0)
+            if ev & IRQS:
+                self.irqs_pending |= self.events.take_irqs()
+            if ev & BREAK:
+                self.break_out = True
             if self.break_out:
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-            if self.waker_died:
+            if ev & WAKER_GONE:
                 raise WakerDied("the Waker has gone away")
-            irq, more = it.interrupt_pending(self)
-            if irq < LGUEST_IRQS:
-                it.try_deliver_interrupt(self, irq, more)
+            # 4. An interrupt the Guest can take now.
+            it.deliver_interrupts(self)
             if self.dead is not None:
                 break
+            # 5. Halted: sleep until an interrupt or an event.
             if self.halted:
                 self.sleep()
                 continue
-            if self.gdt_changed:
-                self.reload_segments()
-            page_tables.check_switcher(self)
-            if self.irqs_pending:
-                # Still waiting (interrupts off, blocked, or one at a time): look again
-                # soon even if the Guest makes no hypercall, as a host tick would have.
-                ch.request_recheck()
+            # 6. and 7. Run the Guest, then deal with why it stopped.
+            self.handle_exit(x86_core.run_once(self))
+        raise GuestDied(self.dead, self.poweroff, self.restart)
 
-            # Into the Guest.  Lower the stop flag before the last look at the events:
-            # an event the thread raises after this look finds the flag up again and
-            # stops the engine at its first block boundary.
-            ch.stop_request.clear()
-            if ch.kick_gen != ch.kick_seen:
-                continue
-            self.stop_asked = False
-            ui.clear_exception_state()
-            try:
-                self.uc.emu_start(ui.q[16] & 0xFFFFFFFF, UNTIL)
-            except UcError as e:
-                self._memory_death(e)
-            except Exception as e:    # a hook went wrong: still one clean line
-                self.kill_guest("Host error: %s: %s" % (type(e).__name__, e))
-            if self.hook_error is not None:
-                e, self.hook_error = self.hook_error, None
+    def handle_exit(self, why):
+        """Step 7: what each way out of run_once() leaves for the loop to do."""
+        match why:
+            case Exit.NOTIFY | Exit.HALT | Exit.EVENT | Exit.DEATH:
+                pass                  # the top of the loop takes these (steps 2, 5, 3, end)
+            case Exit.MEMORY_FAULT:
+                x86_core.memory_death(self)
+            case Exit.TRIPLE_FAULT:
+                self.kill_guest("unhandled trap 8 at %#x (0): triple fault" % self.ui.eip)
+            case Exit.HOST_ERROR:
+                e, self.host_error = self.host_error, None
                 if not isinstance(e, Exception):
                     raise e           # KeyboardInterrupt, SystemExit: not ours to eat
                 self.kill_guest("Host error: %s: %s" % (type(e).__name__, e))
-            if (not self.stop_asked and ch.kick_gen == ch.kick_seen
-                    and not ch.stop_request.is_set()
-                    and self.dead is None and not self.halted and not self.pending_notify):
-                # Nobody asked it to stop: unicorn's triple fault (a fault it could not
-                # deliver) ends emu_start() quietly.  (A raised stop flag is a reason
-                # even with no new event: the thread may raise it just after we took
-                # the event it belongs to, between its two stores.)
-                self.kill_guest("unhandled trap 8 at %#x (0): triple fault"
-                                % (ui.q[16] & 0xFFFFFFFF))
-        raise GuestDied(self.dead, self.poweroff, self.restart)
 
-    def collect_events(self):
-        """Take what the helper thread saw: timer -> IRQ 0, BREAK, Waker gone."""
-        ch = self.channel
-        g = ch.kick_gen
-        dl = ch.deadline
-        if g == ch.kick_seen and (dl is None or time.monotonic() < dl):
-            return
-        with ch.lock:
-            if ch.deadline is not None and time.monotonic() >= ch.deadline:
-                ch.deadline = None
-                ch.timer_fired = True
-            if ch.timer_fired:
-                ch.timer_fired = False
-                self.irqs_pending |= 1
-            if ch.break_flag:
-                ch.break_flag = False
-                self.break_out = True
-            if ch.waker_gone:
-                self.waker_died = True
-            ch.kick_seen = g
+    def between_traps(self):
+        """Steps 2-5 of run_guest(), done inside a hook after it handled a trap, so the
+        Guest runs on in the same emu_start().  Returns None for that, or the Exit that
+        sends the loop to do it: the Launcher must see something, an event needs
+        taking, or the Guest halted or died."""
+        if self.dead is not None:
+            return Exit.DEATH
+        if self.pending_notify:                       # 2.
+            if not (self.eventfds and self.send_notify_to_eventfd()):
+                return Exit.NOTIFY
+            if self.hcall is not None:                # queued behind it: step 1
+                return Exit.NOTIFY
+        if self.events.pending():                     # 3.
+            return Exit.EVENT
+        if self.irqs_pending:                         # 4.
+            it.deliver_interrupts(self)
+            if self.dead is not None:
+                return Exit.DEATH
+            if self.irqs_pending:
+                self.channel.request_recheck()
+        if self.halted:                               # 5.
+            return Exit.HALT
+        if self.gdt_changed:
+            x86_core.reload_segments(self)
+            if self.dead is not None:
+                return Exit.DEATH
+        return None
 
     def sleep(self):
-        """HALT: sleep until an interrupt we can deliver, a BREAK, the clock or death.
-        No busy loop: the helper thread sets ch.wake."""
-        ch = self.channel
-        ch.start()
-        ch.wake.clear()
-        self.collect_events()
-        if self.break_out or self.waker_died:
-            return
-        irq, _ = it.interrupt_pending(self)
-        if irq < LGUEST_IRQS:
-            return
-        ch.wake.wait()
-        self.collect_events()
+        """HALT: sleep until an interrupt we can deliver or an event (the clock, BREAK,
+        the Waker gone) arrives; the helper thread sets events.wake.  No busy loop."""
+        ev = self.events
+        ev.wake.clear()                               # set_current_state(INTERRUPTIBLE)
+        if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
+            ev.wake.wait()                            # schedule()
         # The Guest's clock is lguest_data.time: freshen it after a sleep.
         it.write_timestamp(self)
 
@@ -565,13 +294,13 @@ class Guest:
             self.uc.ctl_flush_tb()
             return
         ui = self.ui
-        cpl = ui.cpl()
+        cpl = ui.cpl
         if cpl != GUEST_PL:
-            ui.set_cpl(GUEST_PL)      # translate as the kernel: the alias is supervisor
+            ui.cpl = GUEST_PL         # translate as the kernel: the alias is supervisor
         try:
             self.uc.ctl_remove_cache(vaddr, vaddr + (end - page))
         finally:
             if cpl != GUEST_PL:
-                ui.set_cpl(cpl)
+                ui.cpl = cpl
             # A failed walk inside unicorn leaves a fault "in flight": forget it.
             ui.clear_exception_state()

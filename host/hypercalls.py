@@ -14,7 +14,8 @@ from .abi import (HCALL_ARGS_SIZE, LD_HCALL_STATUS, LD_HCALLS, LD_KERNEL_ADDRESS
                   LHCALL_FLUSH_TLB, LHCALL_HALT, LHCALL_LGUEST_INIT, LHCALL_LOAD_GDT_ENTRY,
                   LHCALL_LOAD_IDT_ENTRY, LHCALL_LOAD_TLS, LHCALL_NEW_PGTABLE, LHCALL_NOTIFY,
                   LHCALL_RING_SIZE, LHCALL_SEND_INTERRUPTS, LHCALL_SET_CLOCKEVENT,
-                  LHCALL_SET_PGD, LHCALL_SET_PTE, LHCALL_SET_STACK, LHCALL_SHUTDOWN, LHCALL_TS,
+                  LHCALL_SET_PGD, LHCALL_SET_PMD, LHCALL_SET_PTE, LHCALL_SET_STACK,
+                  LHCALL_SHUTDOWN, LHCALL_TS,
                   PGDIR_SHIFT, RESERVE_MEM, SWITCHER_PGD_INDEX, SYSCALL_VECTOR)
 
 
@@ -47,6 +48,8 @@ def do_hcall(cpu, args):
         it.guest_set_stack(cpu, a1, a2, a3)
     elif call == LHCALL_SET_PGD:
         page_tables.guest_set_pgd(cpu, a1, a2)
+    elif call == LHCALL_SET_PMD:
+        page_tables.guest_set_pmd(cpu, a1, a2)
     elif call == LHCALL_FLUSH_TLB:
         # 1 = everything, 0 = user mappings only: one and the same for unicorn's TLB.
         page_tables.flush_tlb(cpu)

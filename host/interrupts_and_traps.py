@@ -19,7 +19,6 @@ from .abi import (FIRST_EXTERNAL_VECTOR, GUEST_CS, GUEST_PL, IDT_ENTRIES, LD_BLO
                   LD_IRQ_ENABLED, LD_IRQ_PENDING, LD_TIME, LGUEST_IRQS,
                   LGUEST_TRAP_ENTRY, SYSCALL_VECTOR, X86_EFLAGS_IF, X86_EFLAGS_NT,
                   X86_EFLAGS_RF, X86_EFLAGS_TF, X86_EFLAGS_VM)
-from .ucinternals import CS_SELECTOR_WORD, SS_SELECTOR_WORD
 
 _TRAP_FLAGS = X86_EFLAGS_TF | X86_EFLAGS_VM | X86_EFLAGS_RF | X86_EFLAGS_NT
 _FRAMES = {n: struct.Struct("<%dI" % n) for n in (3, 4, 5, 6)}
@@ -61,12 +60,11 @@ def set_guest_interrupt(cpu, lo, hi, has_err_code, errcode=0):
     address (Linux's kernel stacks are physically contiguous).
     """
     ui = cpu.ui
-    q, d = ui.q, ui.d
-    old_ss = d[SS_SELECTOR_WORD]
-    old_cs = d[CS_SELECTOR_WORD]
-    old_esp = q[4] & 0xFFFFFFFF
-    old_eip = q[16] & 0xFFFFFFFF
-    real_eflags = eflags = ui.get_eflags()
+    old_ss = ui.ss
+    old_cs = ui.cs
+    old_esp = ui.esp
+    old_eip = ui.eip
+    real_eflags = eflags = ui.eflags
 
     to_ring1 = (old_ss & 3) != GUEST_PL
     if to_ring1:
@@ -104,18 +102,18 @@ def set_guest_interrupt(cpu, lo, hi, has_err_code, errcode=0):
     if to_ring1:
         # Ring 3 -> ring 1: QEMU takes the privilege level from %ss, and only lets us load
         # an %ss whose RPL matches it, so set the level first.
-        ui.set_cpl(GUEST_PL)
-        if ui.load_seg_ss(ss):
+        ui.cpl = GUEST_PL
+        if ui.load_seg("ss", ss):
             cpu.kill_guest("bad stack segment %i" % ss)
             return
-    if old_cs != GUEST_CS and ui.load_seg_cs(GUEST_CS):
+    if old_cs != GUEST_CS and ui.load_seg("cs", GUEST_CS):
         cpu.kill_guest("unhandled trap 256 at %#x (0)" % old_eip)
         return
-    q[4] = (virtstack + (gstack - origstack)) & 0xFFFFFFFF
-    q[16] = (lo & 0x0000FFFF) | (hi & 0xFFFF0000)
+    ui.esp = virtstack + (gstack - origstack)
+    ui.eip = (lo & 0x0000FFFF) | (hi & 0xFFFF0000)     # idt_address()
     # Trapping always clears TF, VM, RF and NT (IF stays on: it is never really off).
     if real_eflags & _TRAP_FLAGS:
-        ui.set_eflags(real_eflags & ~_TRAP_FLAGS)
+        ui.eflags = real_eflags & ~_TRAP_FLAGS
 
     # An interrupt gate (type 0xE) expects interrupts disabled on entry.
     if (hi >> 8) & 0xF == 0xE:
@@ -148,7 +146,7 @@ def try_deliver_interrupt(cpu, irq, more):
 
     Mirrors try_deliver_interrupt() (3.16, with its noirq_start/noirq_end window).
     """
-    eip = cpu.ui.q[16]
+    eip = cpu.ui.eip
     if cpu.noirq_start <= eip < cpu.noirq_end:
         return
     ld = cpu.lguest_data
@@ -173,6 +171,8 @@ def try_deliver_interrupt(cpu, irq, more):
 
 def deliver_interrupts(cpu):
     """The top of the run_guest() loop: deliver the first pending interrupt, if any."""
+    if not cpu.irqs_pending:
+        return
     irq, more = interrupt_pending(cpu)
     if irq < LGUEST_IRQS:
         try_deliver_interrupt(cpu, irq, more)
@@ -260,11 +260,8 @@ def guest_set_clockevent(cpu, delta):
     re-arms with interrupts off all the time (nohz idle entry, hrtimer_start), so
     without this the tick could silently go missing.
     """
-    ch = cpu.channel
-    dl = ch.deadline
-    if dl is not None and time.monotonic() >= dl:
+    if cpu.channel.set_clockevent(delta):
         set_interrupt(cpu, 0)
-    ch.set_clockevent(delta)
 
 
 def _s32(v):

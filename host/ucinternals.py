@@ -34,6 +34,7 @@ import struct
 
 import unicorn
 from unicorn import x86_const as X
+from unicorn.unicorn_const import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH
 from unicorn.unicorn_py3.unicorn import uclib
 
 REQUIRED_VERSION = "2.1.4"
@@ -51,16 +52,16 @@ OFF_OLD_EXCEPTION = 5496
 ENV_SPAN = 5504                 # bytes of env we map (covers every field above)
 
 HF_CPL_MASK = 3
+EXCP08_DBLE = 8                 # old_exception after a double fault
 
-# Segment register indices in env->segs[]
-R_ES, R_CS, R_SS, R_DS, R_FS, R_GS = range(6)
+# env->segs[] is in QEMU's order (R_ES, R_CS, R_SS, R_DS, R_FS, R_GS).
+SEGMENT_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
+_SEG_REGS = {"es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
+             "ds": X.UC_X86_REG_DS, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
 
-# Word index (in UcInternals.d) of %cs's selector: the hypercall hook's privilege check.
-CS_SELECTOR_WORD = (OFF_SEGS + R_CS * SEG_SIZE) // 4
-SS_SELECTOR_WORD = (OFF_SEGS + R_SS * SEG_SIZE) // 4
+# uc_ctl() codes, encoded as the binding does: (op << 30) | (nargs << 26) | ctl
+_CTL_TLB_FLUSH = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH
 
-# Index of each general register in env->regs[] (also QEMU's R_EAX...).
-EAX, ECX, EDX, EBX, ESP, EBP, ESI, EDI = range(8)
 
 
 class UnicornMismatch(Exception):
@@ -124,26 +125,60 @@ def _locate_env(uc):
     return found
 
 
-class UcInternals:
-    """Direct access to one engine's CPUX86State.
+def _env_fields(fields, span):
+    """ctypes _fields_ placing each (name, offset, type) at its offset in env."""
+    out, at = [], 0
+    for name, off, ctype in sorted(fields, key=lambda f: f[1]):
+        if off > at:
+            out.append(("_gap%d" % at, ctypes.c_char * (off - at)))
+        out.append((name, ctype))
+        at = off + ctypes.sizeof(ctype)
+    out.append(("_gap%d" % at, ctypes.c_char * (span - at)))
+    return out
 
-    Attributes a hook may use directly (all memoryviews over live engine memory):
-      q  -- env as u64 words: q[0..7] = EAX..EDI, q[16] = eip
-      d  -- env as u32 words (hflags, segment selectors, error code...)
-    Raises UnicornMismatch from the constructor if the layout check fails.
+
+_U32, _S32, _U64 = ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
+
+
+class UcInternals(ctypes.Structure):
+    """One engine's CPUX86State, laid over env itself: the Guest's registers by name.
+
+      ui.eax ... ui.edi, ui.eip     u32 fields of env (the low half of each u64 word):
+                                    read and written in place, no API call, ~25 ns
+      ui.cs, ui.ss, ui.ds ...       the selectors.  Read only: a load needs QEMU's
+                                    descriptor checks, ui.load_seg("ss", selector)
+      ui.eflags                     through the register API (the condition codes are
+                                    computed lazily, not kept in env)
+      ui.cr0, ui.cr3, ui.cr4        read in env, written through the register API, which
+                                    does what a mov to %cr does (TLB flush, hflags)
+      ui.cr2                        the faulting address of the last #PF
+      ui.cpl                        the privilege level (QEMU keeps it in hflags)
+      ui.hcall_args()               (eax, ebx, ecx, edx, esi): struct hcall_args
+
+    This is the only code that knows where anything is in env.  The constructor finds
+    env, lays this structure over it and checks every field through the public API;
+    it raises UnicornMismatch if anything disagrees.
     """
 
-    def __init__(self, uc):
+    _pack_ = 1
+    _fields_ = _env_fields(
+        [(name, 8 * i, _U32) for i, name in enumerate(
+            ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"))]
+        + [("eip", OFF_EIP, _U32), ("_hflags", OFF_HFLAGS, _U32)]
+        + [(name, OFF_SEGS + SEG_SIZE * i, _U32) for i, name in enumerate(SEGMENT_NAMES)]
+        + [("_cr%d" % n, OFF_CR + 8 * n, _U64) for n in (0, 2, 3, 4)]
+        + [("_error_code", OFF_ERROR_CODE, _S32), ("_exception_is_int", OFF_IS_INT, _S32),
+           ("_old_exception", OFF_OLD_EXCEPTION, _S32)],
+        ENV_SPAN)
+
+    def __new__(cls, uc):
         if getattr(unicorn, "__version__", None) != REQUIRED_VERSION:
             _fail("wrong version")
-        self.uc = uc
+        return cls.from_address(_locate_env(uc))
+
+    def __init__(self, uc):
+        self.uc = uc                  # the engine owns env: keep it alive with us
         self._uch = uc._uch
-        self.env = _locate_env(uc)
-        raw = (ctypes.c_char * ENV_SPAN).from_address(self.env)
-        self._raw = raw                         # keep the ctypes object alive
-        self.q = memoryview(raw).cast("B").cast("Q")
-        self.d = memoryview(raw).cast("B").cast("I")
-        self.s = memoryview(raw).cast("B").cast("i")
         # Fast paths to the C register API for what env can't give us safely
         # (eflags needs the lazily computed condition codes; segment loads need the
         # descriptor checks and hidden-part updates QEMU does).
@@ -154,6 +189,59 @@ class UcInternals:
         self._verify()
 
     # --- registers -------------------------------------------------------------------
+    def hcall_args(self):
+        """(eax, ebx, ecx, edx, esi): the hypercall number and its four arguments, as
+        struct hcall_args lies over the saved registers."""
+        return (self.eax, self.ebx, self.ecx, self.edx, self.esi)
+
+    @property
+    def eflags(self):
+        self._rd(self._uch, X.UC_X86_REG_EFLAGS, self._pval)
+        return self._val.value
+
+    @eflags.setter
+    def eflags(self, value):
+        self.reg_write(X.UC_X86_REG_EFLAGS, value)
+
+    @property
+    def cr0(self):
+        return self._cr0
+
+    @cr0.setter
+    def cr0(self, value):
+        self.reg_write(X.UC_X86_REG_CR0, value)
+
+    @property
+    def cr2(self):
+        return self._cr2 & 0xFFFFFFFF
+
+    @property
+    def cr3(self):
+        return self._cr3
+
+    @cr3.setter
+    def cr3(self, value):
+        self.reg_write(X.UC_X86_REG_CR3, value)
+
+    @property
+    def cr4(self):
+        return self._cr4
+
+    @cr4.setter
+    def cr4(self, value):
+        self.reg_write(X.UC_X86_REG_CR4, value)
+
+    def load_seg(self, seg, selector):
+        """Load segment register seg ("cs", "ss", "ds"...) from the GDT with QEMU's
+        checks (an %ss needs RPL == DPL == CPL); returns uc_err, 0 = ok."""
+        self._val.value = selector
+        return self._wr(self._uch, _SEG_REGS[seg], self._pval)
+
+    def flush_tlb(self):
+        """Throw away every cached translation: uc_ctl(UC_CTL_TLB_FLUSH) (1.4 us; unicorn
+        has no per-page flush)."""
+        uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
+
     def reg_read(self, reg):
         """uc_reg_read without the binding's overhead (integer registers only)."""
         self._rd(self._uch, reg, self._pval)
@@ -164,44 +252,43 @@ class UcInternals:
         self._val.value = value
         return self._wr(self._uch, reg, self._pval)
 
-    def get_eflags(self):
-        return self.reg_read(X.UC_X86_REG_EFLAGS)
-
-    def set_eflags(self, value):
-        self.reg_write(X.UC_X86_REG_EFLAGS, value)
-
     # --- hidden CPU state ------------------------------------------------------------
+    @property
     def cpl(self):
-        return self.d[OFF_HFLAGS // 4] & HF_CPL_MASK
+        """The current privilege level, 0..3."""
+        return self._hflags & HF_CPL_MASK
 
-    def set_cpl(self, cpl):
-        """Set the current privilege level (QEMU keeps it in hflags, not in %cs)."""
-        i = OFF_HFLAGS // 4
-        self.d[i] = (self.d[i] & ~HF_CPL_MASK) | cpl
-
-    def selector(self, seg):
-        return self.d[(OFF_SEGS + seg * SEG_SIZE) // 4]
+    @cpl.setter
+    def cpl(self, cpl):
+        self._hflags = (self._hflags & ~HF_CPL_MASK) | cpl
 
     def error_code(self):
         """The error code of the exception being raised (#PF, #GP...)."""
-        return self.d[OFF_ERROR_CODE // 4]
+        return self._error_code & 0xFFFFFFFF
 
     def exception_is_int(self):
         """True while handling a software "int n" (as opposed to a fault)."""
-        return self.s[OFF_IS_INT // 4] != 0
+        return self._exception_is_int != 0
 
     def clear_exception_state(self):
         """Forget the exception in flight, so the next fault is not a double fault."""
-        self.s[OFF_OLD_EXCEPTION // 4] = -1
+        self._old_exception = -1
 
-    def cr(self, n):
-        return self.q[OFF_CR // 8 + n]
+    def triple_faulted(self):
+        """True if the engine stopped on a triple fault.
+
+        QEMU's check_exception() counts nested faults in old_exception.  A fault while
+        old_exception is #DF (8) is a triple fault: it asks for a system reset, which
+        unicorn turns into a quiet stop, and emu_start() returns with no error and
+        old_exception still 8.  The Host clears old_exception at every fault its hooks
+        see, so 8 survives only if three faults came without one of ours between."""
+        return self._old_exception == EXCP08_DBLE
 
     # --- start-up self-check -----------------------------------------------------------
     def _verify(self):
         """Plant values through the public API and read them back through env (and back)."""
         uc = self.uc
-        q, d = self.q, self.d
+        names = ("eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi")
         gprs = (X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX,
                 X.UC_X86_REG_ESP, X.UC_X86_REG_EBP, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI)
         saved = [uc.reg_read(r) for r in gprs]
@@ -210,25 +297,25 @@ class UcInternals:
         try:
             for i, r in enumerate(gprs):
                 uc.reg_write(r, 0x31415900 + i)
-            if [q[i] for i in range(8)] != [0x31415900 + i for i in range(8)]:
+            if [getattr(self, n) for n in names] != [0x31415900 + i for i in range(8)]:
                 _fail("general registers are not where expected")
-            for i, r in enumerate(gprs):
-                q[i] = 0x27182800 + i
+            for i, n in enumerate(names):
+                setattr(self, n, 0x27182800 + i)
             if [uc.reg_read(r) for r in gprs] != [0x27182800 + i for i in range(8)]:
                 _fail("writing general registers through env does not stick")
             uc.reg_write(X.UC_X86_REG_EIP, 0x1234567)
-            if q[OFF_EIP // 8] != 0x1234567:
+            if self.eip != 0x1234567:
                 _fail("eip is not where expected")
             uc.reg_write(X.UC_X86_REG_CR2, 0x7654321)
-            if q[OFF_CR // 8 + 2] != 0x7654321:
+            if self.cr2 != 0x7654321:
                 _fail("cr2 is not where expected")
             # A fresh engine runs at CPL 0 with null-ish selectors in real-mode style.
-            if self.reg_read(X.UC_X86_REG_CS) != self.selector(R_CS):
+            if self.reg_read(X.UC_X86_REG_CS) != self.cs:
                 _fail("segment cache is not where expected")
-            if self.cpl() != 0:
+            if self.cpl != 0:
                 _fail("hflags is not where expected")
             # old_exception is -1 on a fresh CPU; error_code and is_int are 0.
-            if self.s[OFF_OLD_EXCEPTION // 4] != -1 or self.s[OFF_IS_INT // 4] != 0:
+            if self._old_exception != -1 or self._exception_is_int != 0:
                 _fail("exception state is not where expected")
         finally:
             for r, v in zip(gprs, saved):
@@ -238,20 +325,14 @@ class UcInternals:
 
     def verify_live(self):
         """Second check once the engine is in protected mode: selectors and CPL agree."""
-        for seg, reg in ((R_CS, X.UC_X86_REG_CS), (R_SS, X.UC_X86_REG_SS),
-                         (R_DS, X.UC_X86_REG_DS), (R_ES, X.UC_X86_REG_ES)):
-            if self.selector(seg) != self.reg_read(reg):
+        for seg in ("cs", "ss", "ds", "es"):
+            if getattr(self, seg) != self.reg_read(_SEG_REGS[seg]):
                 _fail("segment selectors disagree with the register API")
-        if self.cpl() != (self.selector(R_SS) & 3):
+        if self.cpl != (self.ss & 3):
             _fail("CPL in hflags disagrees with %ss")
-
-    def load_seg_ss(self, selector):
-        """Load %ss with QEMU's checks (RPL == DPL == CPL); returns uc_err, 0 = ok."""
-        return self.reg_write(X.UC_X86_REG_SS, selector)
-
-    def load_seg_cs(self, selector):
-        """Load %cs (descriptor from the GDT); returns uc_err, 0 = ok."""
-        return self.reg_write(X.UC_X86_REG_CS, selector)
+        for n, reg in ((0, X.UC_X86_REG_CR0), (3, X.UC_X86_REG_CR3), (4, X.UC_X86_REG_CR4)):
+            if getattr(self, "cr%d" % n) != self.reg_read(reg):
+                _fail("%%cr%d is not where expected" % n)
 
     def hook_intr_raw(self, fn):
         """Register fn(intno) as a UC_HOOK_INTR callback straight through the C API.

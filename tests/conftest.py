@@ -28,6 +28,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "launcher.py"
 GUEST = ROOT / "guest" / "guest.elf"
+GUEST_PAE = ROOT / "guest" / "guest-pae.elf"      # the same Guest with PAE page tables
 PYTHON = sys.executable
 LINUX = ROOT.parent / "shared" / "linux"
 
@@ -46,8 +47,9 @@ def pytest_runtest_setup(item):
 
 
 def build_guest():
-    """Build guest/guest.elf (make -C guest) if it is missing; returns its path."""
-    if not GUEST.exists():
+    """Build guest/guest.elf and guest-pae.elf (make -C guest) if one is missing;
+    returns guest.elf's path."""
+    if not GUEST.exists() or not GUEST_PAE.exists():
         subprocess.run(["make", "-s", "-C", str(ROOT / "guest")], check=True)
     return GUEST
 
@@ -489,6 +491,50 @@ def hcall_code(nr, ebx=0, ecx=0):
 TINY_INIT = hcall_code(1, 0x100000 + 0x2000)
 #: "jmp ." : spin forever.
 SPIN = b"\xEB\xFE"
+
+
+# --- Linux guests (test_linux*.py) --------------------------------------------------------
+
+#: Our initramfs for Linux guests (README "Running Linux"), made by the Makefile.
+INITRD = ROOT / "images" / "linux-initrd.cpio.gz"
+#: Seconds a whole Linux Guest run may take.  A boot is ~2 s on an idle machine;
+#: this holds on a loaded one with room to spare, and still catches a hang.
+RUN_TIMEOUT = 240
+
+
+@pytest.fixture(scope="session")
+def initrd():
+    """Our initramfs, made (or brought up to date) by the Makefile."""
+    r = subprocess.run(["make", "-s", "-C", str(ROOT), str(INITRD.relative_to(ROOT))],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail("make %s: %s" % (INITRD.name, (r.stderr or r.stdout).strip()))
+    return INITRD
+
+
+def linux_args(kernel, initrd, *switches, blocks=(), mem=64):
+    """The Launcher's command line for a Linux Guest on our initramfs."""
+    return (["--block=%s" % b for b in blocks]
+            + ["--initrd=%s" % initrd, mem, kernel, "console=hvc0", *switches])
+
+
+def script_image(path, text):
+    """A disk image holding a shell script for pyl.script=, padded with
+    NULs to whole pages (the initramfs drops them)."""
+    data = text.encode()
+    path.write_bytes(data + bytes(-len(data) % 4096))
+    return path
+
+
+def t_lines(out):
+    """{key: rest} of the script's "t: key rest" lines (the last one wins)."""
+    import re
+    found = {}
+    for line in out.splitlines():
+        m = re.match(r"t: (\S+) ?(.*)$", line.strip())
+        if m:
+            found[m.group(1)] = m.group(2).strip()
+    return found
 
 
 # --- the Guest's half of a vring (for the device unit tests) ------------------------------

@@ -1,4 +1,5 @@
-"""The Guest kernel builds, and guest.elf has the shape a Launcher expects.
+"""The Guest kernel builds, and guest.elf (and guest-pae.elf, its PAE build) has the
+shape a Launcher expects.
 
 Our Guest is laid out like Linux's i386 vmlinux (guest/guest.ld): ET_EXEC for
 EM_386, every PT_LOAD linked at PAGE_OFFSET + its physical address, the first
@@ -31,9 +32,9 @@ def built(tmp_path_factory):
     return dst
 
 
-@pytest.fixture(scope="module")
-def elf(built):
-    f = open(os.path.join(built, "guest.elf"), "rb")
+@pytest.fixture(scope="module", params=["guest.elf", "guest-pae.elf"])
+def elf(built, request):
+    f = open(os.path.join(built, request.param), "rb")
     yield ELFFile(f)
     f.close()
 
@@ -116,10 +117,11 @@ def test_new_source_files_join_the_build(tmp_path):
         "\t.text\n\t.globl zz_extra_asm_probe\nzz_extra_asm_probe:\n\tret\n")
     r = subprocess.run(["make", "-C", str(dst)], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
-    with open(dst / "guest.elf", "rb") as f:
-        syms = symbols(ELFFile(f))
-    assert "zz_extra_probe" in syms and "zz_extra_asm_probe" in syms
-    assert syms["zz_extra_probe"] >= 0xC1000000
+    for name in ("guest.elf", "guest-pae.elf"):
+        with open(dst / name, "rb") as f:
+            syms = symbols(ELFFile(f))
+        assert "zz_extra_probe" in syms and "zz_extra_asm_probe" in syms
+        assert syms["zz_extra_probe"] >= 0xC1000000
 
 
 def test_page_tables_and_stack_are_page_aligned(elf):

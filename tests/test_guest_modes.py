@@ -24,6 +24,21 @@ def test_core_mode_passes(run_launcher, mode):
     assert proc.returncode == 0, proc.stderr
 
 
+def test_pae_guest_paging_user_and_faults(run_launcher):
+    """guest-pae.elf is the same Guest built with PAE page tables: the Host learns that
+    from its first NEW_PGTABLE and walks three levels from then on.  hcall covers
+    SET_PTE with 64-bit entries, SET_PMD, SET_PGD on the 4-entry pgd, FLUSH_TLB and
+    NEW_PGTABLE; pagefault adds an NX page (error 0x11); user runs ring 3 on a
+    per-process pgd sharing the kernel's PMD page."""
+    modes = ["hcall", "async", "pagefault", "user"]
+    proc = run_launcher([64, "guest/guest-pae.elf", "lgtest=" + ",".join(modes)])
+    assert_no_traceback(proc)
+    results = lgtest_lines(proc.stdout)
+    assert all(results.get(m) == "PASS" for m in modes), proc.stdout + proc.stderr
+    assert "lgtest: %d passed, 0 failed" % len(modes) in proc.stdout
+    assert proc.returncode == 0, proc.stderr
+
+
 def test_timer_sleeps_500ms_of_host_time(run_launcher):
     """The clock event is in host nanoseconds: 500 ms in the Guest is 500 ms here,
     give or take what a loaded machine adds (never much less: the bound below is

@@ -39,6 +39,7 @@ def die(mode, params):
     ((18, 40, 0, 0), "too many gdt entries 40"),
     ((0xFFFFFFFF, 0, 0, 0), "Bad hypercall -1"),
     ((3, 0, 0, 0), "Bad hypercall 3"),
+    ((13, 0x200000, 0, 0), "Bad hypercall 13"),      # SET_PMD: PAE Guests only
     ((1, 0x3000, 0, 0), "already have lguest_data"),
 ])
 def test_hypercall_deaths(params, reason):

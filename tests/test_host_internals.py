@@ -22,11 +22,16 @@ def test_unicorn_self_check_passes_and_reads_live_state():
     uc = Uc(UC_ARCH_X86, UC_MODE_32)
     ui = ucinternals.UcInternals(uc)
     uc.reg_write(X.UC_X86_REG_EBX, 0xABCDEF01)
-    assert ui.q[ucinternals.EBX] == 0xABCDEF01
-    ui.q[ucinternals.ESI] = 0x1234
+    assert ui.ebx == 0xABCDEF01
+    ui.esi = 0x1234
     assert uc.reg_read(X.UC_X86_REG_ESI) == 0x1234
-    ui.set_cpl(3)
-    assert ui.cpl() == 3
+    ui.eip = 0x1_0000_2000                              # a 32-bit register keeps 32 bits
+    assert uc.reg_read(X.UC_X86_REG_EIP) == 0x2000 == ui.eip
+    uc.reg_write(X.UC_X86_REG_EAX, 1)
+    uc.reg_write(X.UC_X86_REG_EDX, 4)
+    assert ui.hcall_args() == (1, 0xABCDEF01, uc.reg_read(X.UC_X86_REG_ECX), 4, 0x1234)
+    ui.cpl = 3
+    assert ui.cpl == 3
 
 
 def test_unicorn_version_mismatch_is_refused(monkeypatch):
@@ -39,10 +44,13 @@ def test_unicorn_version_mismatch_is_refused(monkeypatch):
 
 
 def test_bad_layout_is_refused(monkeypatch):
+    """A CPU state whose fields are not where we expect them (here: all 8 bytes off)."""
     from unicorn import UC_ARCH_X86, UC_MODE_32, Uc
-    monkeypatch.setattr(ucinternals, "OFF_CR", ucinternals.OFF_CR + 8)
-    with pytest.raises(ucinternals.UnicornMismatch):
+    locate = ucinternals._locate_env
+    monkeypatch.setattr(ucinternals, "_locate_env", lambda uc: locate(uc) + 8)
+    with pytest.raises(ucinternals.UnicornMismatch) as e:
         ucinternals.UcInternals(Uc(UC_ARCH_X86, UC_MODE_32))
+    assert "general registers are not where expected" in str(e.value)
 
 
 def test_protocol_errors():
@@ -127,5 +135,52 @@ def test_no_traceback_from_hook_errors(monkeypatch):
         g.mem[0x300000:0x300006] = _function(0x111)
         notes, died = g.run()
         assert died.reason.startswith("Host error: ZeroDivisionError")
+    finally:
+        g.close()
+
+
+def _faulting_engine(hook):
+    """A scratch engine dividing by zero, each #DE going to hook(ui, uc, intno)."""
+    from unicorn import UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_32, Uc
+    uc = Uc(UC_ARCH_X86, UC_MODE_32)
+    ui = ucinternals.UcInternals(uc)
+    uc.mem_map(0x1000, 0x1000)
+    uc.mem_write(0x1000, b"\x31\xc9\xf7\xf1")            # xor %ecx,%ecx; div %ecx
+    uc.hook_add(UC_HOOK_INTR, lambda uc, intno, ud: hook(ui, uc, intno))
+    uc.emu_start(0x1000, 0x2000)
+    return ui
+
+
+def test_triple_fault_is_read_from_unicorns_own_state():
+    """Three faults with nobody clearing the one in flight: QEMU's check_exception()
+    makes the second a #DF and the third a triple fault, and emu_start() just returns.
+    triple_faulted() tells that stop from any other."""
+    seen = []
+    ui = _faulting_engine(lambda ui, uc, intno: seen.append(intno))
+    assert seen == [0, 8] and ui.triple_faulted()
+
+    # The same faults, each cleared as the Host's hooks do, and a stop on the third.
+    seen.clear()
+
+    def clearing(ui, uc, intno):
+        ui.clear_exception_state()
+        seen.append(intno)
+        if len(seen) == 3:
+            uc.emu_stop()
+    ui = _faulting_engine(clearing)
+    assert seen == [0, 0, 0] and not ui.triple_faulted()
+
+
+def test_triple_fault_kills_the_guest_by_name(monkeypatch):
+    """A Host whose hooks left faults in flight would see the Guest triple-fault: the
+    run loop names it from unicorn's state."""
+    from host import x86_core
+    monkeypatch.setattr(x86_core, "handle_trap", lambda cpu, trapnum, errcode: None)
+    monkeypatch.setattr(ucinternals.UcInternals, "clear_exception_state", lambda self: None)
+    g = TinyGuest("smc", 0, start=0x7F0000)
+    try:
+        g.mem[0x7F0000] = 0xF4                           # hlt: #GP(0) at ring 1
+        notes, died = g.run()
+        assert died.reason == "unhandled trap 8 at 0x7f0000 (0): triple fault"
     finally:
         g.close()

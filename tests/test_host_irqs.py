@@ -250,11 +250,11 @@ def test_rearming_an_expired_deadline_raises_irq0_at_once(guest):
     from host import interrupts_and_traps as it
     for delta in (1_000_000_000, 0):
         cpu = guest(11).lg.guest
-        cpu.channel.deadline = time.monotonic() - 0.001
+        cpu.events.deadline = time.monotonic() - 0.001
         it.guest_set_clockevent(cpu, delta)
         assert cpu.irqs_pending & 1
     cpu = guest(11).lg.guest                 # not yet expired: nothing pending
-    cpu.channel.deadline = time.monotonic() + 10
+    cpu.events.deadline = time.monotonic() + 10
     it.guest_set_clockevent(cpu, 1_000_000_000)
     assert not cpu.irqs_pending
 
@@ -265,7 +265,7 @@ def test_stray_stop_flag_is_not_a_triple_fault(guest):
     flag up and nothing new to see.  That must be a plain re-entry, not a death."""
     g = guest(7)
     assert g.read() == 1
-    stop = g.lg.guest.channel.stop_request
+    stop = g.lg.guest.events.stop
     brk = g.lg.breaker()
     stopped = []
 

@@ -19,11 +19,9 @@ import time
 
 import pytest
 
-from conftest import (ROOT, Launcher, assert_no_traceback, gone_within, launch,
-                      make_image)
+from conftest import (LINUX, ROOT, RUN_TIMEOUT, Launcher, assert_no_traceback, gone_within,
+                      launch, linux_args, make_image, script_image, t_lines)
 
-LINUX = ROOT.parent / "shared" / "linux"
-INITRD = ROOT / "images" / "linux-initrd.cpio.gz"
 #: The kernels to boot: the shared ones, or your own list, e.g.
 #: PYLGUEST_KERNELS=build/linux/vmlinux:build/linux/arch/x86/boot/bzImage
 OWN_KERNELS = os.environ.get("PYLGUEST_KERNELS")
@@ -34,21 +32,6 @@ pytestmark = pytest.mark.skipif(
     not OWN_KERNELS and not LINUX.is_dir(),
     reason="no ../shared/linux: no Linux kernel to boot")
 
-#: Seconds a whole Guest run may take.  A boot is ~2 s on an idle machine;
-#: this holds on a loaded one with room to spare, and still catches a hang.
-RUN_TIMEOUT = 240
-
-
-@pytest.fixture(scope="session")
-def initrd():
-    """Our initramfs, made (or brought up to date) by the Makefile."""
-    r = subprocess.run(["make", "-s", "-C", str(ROOT), str(INITRD.relative_to(ROOT))],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail("make %s: %s" % (INITRD.name, (r.stderr or r.stdout).strip()))
-    return INITRD
-
-
 @pytest.fixture(scope="module", params=KERNELS,
                 ids=[os.path.basename(k) if not OWN_KERNELS else k for k in KERNELS])
 def kernel(request):
@@ -56,30 +39,6 @@ def kernel(request):
     if not path.exists():
         pytest.skip("no kernel %s" % request.param)
     return path
-
-
-def linux_args(kernel, initrd, *switches, blocks=(), mem=64):
-    """The Launcher's command line for a Linux Guest on our initramfs."""
-    return (["--block=%s" % b for b in blocks]
-            + ["--initrd=%s" % initrd, mem, kernel, "console=hvc0", *switches])
-
-
-def script_image(path, text):
-    """A disk image holding a shell script for pyl.script=, padded with
-    NULs to whole pages (the initramfs drops them)."""
-    data = text.encode()
-    path.write_bytes(data + bytes(-len(data) % 4096))
-    return path
-
-
-def t_lines(out):
-    """{key: rest} of the script's "t: key rest" lines (the last one wins)."""
-    found = {}
-    for line in out.splitlines():
-        m = re.match(r"t: (\S+) ?(.*)$", line.strip())
-        if m:
-            found[m.group(1)] = m.group(2).strip()
-    return found
 
 
 def uptimes_at_init(out):

@@ -2,7 +2,7 @@
 #include "lib.S"
 	.data
 scen_table:
-	.long b_hcall, b_trap, b_notify, b_spin
+	.long b_hcall, b_trap, b_notify, b_spin, b_set_pte
 	.text
 
 b_hcall:                              /* 0: PARAM0 x SEND_INTERRUPTS, then NOTIFY 1 */
@@ -53,3 +53,13 @@ b_spin:                               /* 3: spin, for BREAK latency */
 	call init
 	NOTIFY $1
 1:	jmp 1b
+
+b_set_pte:                            /* 4: PARAM0 x SET_PTE (a flush for the Host), then NOTIFY 2 */
+	call init
+	NOTIFY $1
+	movl PARAM0, %edi
+1:	HC LHCALL_SET_PTE, $0, $0x1000, $0x1007
+	decl %edi
+	jnz 1b
+	NOTIFY $2
+	jmp poweroff
