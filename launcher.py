@@ -8,7 +8,11 @@ is the Python object in host/.
 Read it beside the C: each function's docstring names its counterpart.
 
     launcher.py [--verbose] [--tunnet=(IP|bridge:NAME)] [--block=FILE]
-                [--initrd=FILE] MEM_MB KERNEL [kernel args...]
+                [--initrd=FILE] [--trace=FILE [--trace-events=N]] [--stats]
+                MEM_MB KERNEL [kernel args...]
+
+--trace and --stats are ours, not the C Launcher's (lgtrace/: watch the Host
+work, in a Perfetto trace and a `perf kvm stat`-like table).
 
 Exit status: 0 when the Guest powered itself off, 2 after three ^C within a
 second on the console (or a SIGINT), 1 for every other death (a one-line
@@ -430,34 +434,46 @@ def probe_host(mem, start):
         return
     from host import LguestDev
     from host.abi import LHREQ_INITIALIZE
-    from waker.procs import CHILDREN, fork_child
+    from waker.procs import CHILDREN, restore_signals, set_pdeathsig
 
     try:
         r, w = os.pipe()
     except OSError:
         err("Creating a pipe for the Host probe")
-
-    def body():
-        import mmap
-        os.dup2(w, 2)               # unicorn's last words, for our message
+    for stream in (sys.stdout, sys.stderr):
         try:
-            LguestDev().write((LHREQ_INITIALIZE, mem.base,
-                               mem.guest_limit // PAGE_SIZE, start))
-        except BaseException:
-            # A Python error: tell_kernel() will meet it too, and say it.
-            os._exit(3)
-        # Room left for what the real one needs beyond this (see above).
-        try:
-            mmap.mmap(-1, PROBE_HEADROOM,
-                      flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS).close()
-        except OSError:
-            os._exit(4)
-        os._exit(0)
-
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    parent = os.getpid()
     try:
-        pid = fork_child("probe", body, {w})
+        pid = os.fork()
     except OSError:
         err("forking")
+    if pid == 0:
+        # Not fork_child(): this is no device process (no trace ring for it,
+        # no descriptors to drop: it lives for a few milliseconds).
+        status = 3                  # a Python error: tell_kernel() will meet
+        try:                        # it too, and say it
+            set_pdeathsig()
+            if os.getppid() == parent:
+                restore_signals()
+                tracer = sys.modules.get("lgtrace")
+                if tracer is not None:
+                    tracer.on = False       # a throwaway Host: nothing to record
+                os.dup2(w, 2)               # unicorn's last words, for our message
+                LguestDev().write((LHREQ_INITIALIZE, mem.base,
+                                   mem.guest_limit // PAGE_SIZE, start))
+                # Room left for what the real one needs beyond this (above).
+                status = 4
+                import mmap
+                mmap.mmap(-1, PROBE_HEADROOM,
+                          flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS).close()
+                status = 0
+        except BaseException:
+            pass
+        os._exit(status)
+    CHILDREN[pid] = "probe"
     os.close(w)
     said = b""
     while True:
@@ -538,7 +554,8 @@ def run_guest(lg, devices):
 USAGE = ("Usage: lguest [--verbose] "
          "[--tunnet=(<ipaddr>|bridge:<bridgename>)\n"
          "|--block=<filename>|--initrd=<filename>]...\n"
-         "<mem-in-mb> vmlinux [args...]")
+         "<mem-in-mb> vmlinux [args...]\n"
+         "pylguest's own: [--trace=<filename> [--trace-events=<n>]] [--stats]")
 
 #: Largest Guest we agree to: RAM plus device pages must stay clear of the
 #: top 4 MiB of the 32-bit address space, which the Host keeps for itself
@@ -573,10 +590,14 @@ def parse_args(argv):
     returns an argparse Namespace with verbose, devices [(kind, arg)...] in
     order, initrd, mem_mb (int), kernel and args.  Dies with the usage text
     on a bad command line; mirrors the getopt_long() loop of main()."""
+    # (Here, not at the top: lgtrace brings in the Host, and so unicorn,
+    # which outside the virtualenv must be main()'s one-line error.)
+    from lgtrace.record import DEFAULT_EVENTS, RING_RECORDS
     p = _Parser(
         prog="launcher.py", add_help=False,
         usage="%(prog)s [--verbose] [--tunnet=(IP|bridge:NAME)] "
-              "[--block=FILE] [--initrd=FILE] MEM_MB KERNEL [kernel args...]",
+              "[--block=FILE] [--initrd=FILE] [--trace=FILE [--trace-events=N]] "
+              "[--stats] MEM_MB KERNEL [kernel args...]",
         description="Run a paravirtualised x86-32 lguest Guest (the lguest "
                     "Launcher, in Python, on an emulated Host).",
         epilog="Exit status: 0 when the Guest powers off, 2 after three ^C "
@@ -597,6 +618,22 @@ def parse_args(argv):
                         "(the first is /dev/vda)")
     p.add_argument("--initrd", metavar="FILE",
                    help="load FILE as the initial ramdisk at the top of RAM")
+    p.add_argument("--trace", metavar="FILE",
+                   help="(ours, not the C Launcher's) write a trace of what the "
+                        "Host, Launcher, Waker and block worker do to FILE, in "
+                        "the Chrome/Perfetto JSON format (open it in "
+                        "ui.perfetto.dev); written at exit, it keeps the last N "
+                        "events of the Launcher and the last min(N, %d) of each "
+                        "child process (see --trace-events)" % RING_RECORDS)
+    p.add_argument("--trace-events", metavar="N", default=str(DEFAULT_EVENTS),
+                   help="(ours) the N of --trace: default %d; each event takes "
+                        "about 200 bytes of memory until the exit and 150 of file "
+                        "(a Linux boot makes some 40000)" % DEFAULT_EVENTS)
+    p.add_argument("--stats", action="store_true",
+                   help="(ours) at exit, print on stderr a table like `perf kvm "
+                        "stat report`'s: the Guest's exits by kind with count "
+                        "and time, hypercalls, interrupts, and per virtqueue "
+                        "its kicks, interrupts, requests and bytes")
     p.add_argument("mem_mb", metavar="MEM_MB", help="Guest RAM in megabytes")
     p.add_argument("kernel", metavar="KERNEL",
                    help="the Guest kernel: an ELF vmlinux or a bzImage")
@@ -610,6 +647,10 @@ def parse_args(argv):
     if not 1 <= ns.mem_mb <= MAX_MEM_MB:
         errx("Memory size %u MB is out of range (1 to %u)"
              % (ns.mem_mb, MAX_MEM_MB))
+    n = ns.trace_events
+    if not (n.isascii() and n.isdigit() and int(n) > 0):
+        errx("Trace size '%s' is not a positive number of events" % n)
+    ns.trace_events = int(n)
     return ns
 
 
@@ -652,6 +693,13 @@ def cleanup():
     procs = sys.modules.get("waker.procs")
     if procs is not None:
         procs.end_children()
+    # The children are gone: their trace rings are complete (--trace, --stats).
+    lgtrace = sys.modules.get("lgtrace")
+    if lgtrace is not None:
+        try:
+            lgtrace.finish(_state.get("devices"))
+        except Exception:
+            pass
     net = sys.modules.get("devices.net")
     if VERBOSE and net is not None and "devices" in _state:
         try:
@@ -734,6 +782,24 @@ def _imports(ns):
         import pytun                                        # noqa: F401
 
 
+def start_tracing(ns):
+    """--trace and --stats (lgtrace/): before the first fork, and before the Guest
+    exists.  The trace file is opened (and emptied) now, so a path we can't write
+    is one line before anything starts; the children are the Waker and a block
+    worker per --block, each with a ring of its own."""
+    if ns.trace is None and not ns.stats:
+        return
+    fd = None
+    if ns.trace is not None:
+        try:
+            fd = os.open(ns.trace, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError:
+            err("Failed to open trace file %s" % ns.trace)
+    import lgtrace
+    blocks = sum(1 for kind, _ in ns.devices if kind == "block")
+    lgtrace.start(fd, ns.stats, ns.trace_events, children=1 + blocks, kernel=ns.kernel)
+
+
 def launch(argv):
     """Everything main() in lguest.c does, in its order: memory first (before
     any fork), then the devices in command-line order, the console last, the
@@ -743,6 +809,7 @@ def launch(argv):
     ns = parse_args(argv)
     VERBOSE = ns.verbose
     _imports(ns)
+    start_tracing(ns)
     from devices import console, net
     from devices.block import setup_block_file
     from devices.devpage import DeviceList

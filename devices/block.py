@@ -28,6 +28,7 @@ import select
 import stat
 import struct
 
+import lgtrace
 from waker.procs import fork_child
 from waker.stats import STATS
 
@@ -160,6 +161,7 @@ def service_io(vq, vblk, done_fd, pending=None):
         except OSError:
             pass
         rtype &= ~VIRTIO_BLK_T_BARRIER
+    if lgtrace.on: lgtrace.blk_request(vq, rtype, sector, iov)
 
     if rtype == VIRTIO_BLK_T_OUT:
         bufs = iov[1:out_num]
@@ -216,6 +218,7 @@ def service_io(vq, vblk, done_fd, pending=None):
         wlen = VIRTIO_BLK_INHDR_SIZE
 
     status_buf[0] = status
+    if lgtrace.on: lgtrace.blk_status(vq, status)
     # Used ring first, then the done record: by the time the Launcher
     # interrupts the Guest, the Guest can see the request finished.
     vq.add_used(head, wlen)
@@ -270,6 +273,7 @@ def io_worker(vq, vblk, workpipe, done_fd):
             if not cmds:
                 return
             STATS.bump("blk_wakeups")
+            if lgtrace.on: lgtrace.worker_kicks(cmds)
             kicked = False
             for c in cmds:
                 if c == WORK_RESET:
@@ -330,6 +334,7 @@ def _take_records(lg, dev, data):
             vblk.said_why = True
         else:
             lg.drop_translations(gpa, length)
+    if lgtrace.on: lgtrace.completed(dev, done)
     return done, resets
 
 
@@ -352,6 +357,10 @@ def handle_io_finish(lg, dev):
     if not data:
         _worker_gone(vblk)
     done, _ = _take_records(lg, dev, data)
+    if vblk.said_why:
+        # Its last words are printed: leave now, before another device served in
+        # this round (the console's end of input) prints anything after them.
+        _worker_gone(vblk)
     if done:
         STATS.bump("blk_done_seen", done)
         STATS.bump("blk_irqs")

@@ -18,6 +18,8 @@ import termios
 import threading
 import time
 
+import lgtrace
+
 from .abi import VIRTIO_ID_CONSOLE, VIRTQUEUE_NUM
 from .errors import err, errx
 
@@ -128,6 +130,7 @@ def handle_console_input(lg, dev):
         vq.handle_output = None
         return False
 
+    if lgtrace.on: lgtrace.transfer(vq, length)
     vq.add_used_and_trigger(lg, head, length)
 
     # Three ^C within about a second?  Exit.  The C counted only reads of
@@ -173,6 +176,7 @@ def handle_console_output(lg, vq):
         if in_num:
             errx("Input buffers in output queue?")
         length = _writev_all(1, iov)
+        if lgtrace.on: lgtrace.transfer(vq, length)
         vq.add_used_and_trigger(lg, head, length)
 
 

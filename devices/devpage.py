@@ -27,6 +27,8 @@ import select
 import struct
 import sys
 
+import lgtrace
+
 from .abi import (DESC_OFF_STATUS, DEVICE_DESC, PAGE_SIZE,
                   USED_OFF_FLAGS, VIRTIO_CONFIG_S_FAILED, VQCONFIG,
                   VRING_USED_F_NO_NOTIFY, desc_total_size, vring_size)
@@ -268,6 +270,7 @@ class DeviceList:
                     if vq.handle_output is None:
                         return
                     self.say("Output to %s" % dev.name)
+                    if lgtrace.on: return lgtrace.kick(lg, vq)     # in a span
                     vq.handle_output(lg, vq)
                     return
 
@@ -351,7 +354,8 @@ class DeviceList:
                 if dev.handle_input is None or dev.fd not in ready \
                         or dev.fd not in self.infds:
                     continue
-                if dev.handle_input(lg, dev):
+                if (lgtrace.handle_input(lg, dev) if lgtrace.on    # in a span
+                        else dev.handle_input(lg, dev)):
                     continue
                 self.infds.discard(dev.fd)
                 self.tell_waker(-dev.fd - 1)

@@ -20,6 +20,8 @@ import random
 import socket
 import struct
 
+import lgtrace
+
 from .abi import (ETH_ALEN, VIRTIO_ID_NET, VIRTIO_NET_F_MAC,
                   VIRTIO_NET_HDR_SIZE, VIRTQUEUE_NUM)
 from .errors import err, errx
@@ -107,6 +109,7 @@ def handle_net_output(lg, vq):
                 info.tx_errors += 1
                 dev.devices.say("net %s: transmit of %u bytes failed"
                                 % (info.ifname, sum(len(b) for b in frame)))
+        if lgtrace.on: lgtrace.transfer(vq, length)
         vq.add_used_and_trigger(lg, head, length)
 
 
@@ -157,6 +160,7 @@ def handle_tun_input(lg, dev):
         return True
 
     _zero(iov, VIRTIO_NET_HDR_SIZE)
+    if lgtrace.on: lgtrace.transfer(vq, length)
     vq.add_used_and_trigger(lg, head, VIRTIO_NET_HDR_SIZE + length)
     info.rx_frames += 1
     if dev.devices.verbose:

@@ -50,6 +50,8 @@ void async_hcall(u32 call, u32 arg1, u32 arg2, u32 arg3, u32 arg4)
 		hcall(call, arg1, arg2, arg3, arg4);
 	} else {
 		struct hcall_args *a = &lguest_data.hcalls[next_call];
+		if (call < LHCALL_COUNTED)
+			hcalls_queued[call]++;
 		a->arg0 = call;
 		a->arg1 = arg1;
 		a->arg2 = arg2;
@@ -243,11 +245,70 @@ void console_write(const char *s, size_t len)
 		early_puts(s, len);
 }
 
+/* head.S makes the first two hypercalls itself, before any C runs. */
+u32 hcalls_trapped[LHCALL_COUNTED] = {
+	[LHCALL_LGUEST_INIT] = 1,
+	[LHCALL_NEW_PGTABLE] = 1,
+};
+u32 hcalls_queued[LHCALL_COUNTED];
+
+/*
+ * lghcalls=1: before powering off, one line per hypercall we made,
+ * "hcalls: NUMBER NAME trap=N async=M", after a "hcalls: total ..." line, for
+ * comparing with the Host's --stats.  The lines go out through the early
+ * console, one NOTIFY each (every line is shorter than its 127 bytes): we
+ * print a copy of the counts to which those NOTIFYs and the SHUTDOWN that
+ * follows are already added, so the numbers cover the whole run.  Interrupts
+ * stay off from here on: a handler's hypercall now would make them wrong.
+ */
+static void report_hcalls(void)
+{
+	static const char *const names[LHCALL_COUNTED] = {
+		[LHCALL_FLUSH_ASYNC] = "FLUSH_ASYNC", [LHCALL_LGUEST_INIT] = "LGUEST_INIT",
+		[LHCALL_SHUTDOWN] = "SHUTDOWN", [LHCALL_NEW_PGTABLE] = "NEW_PGTABLE",
+		[LHCALL_FLUSH_TLB] = "FLUSH_TLB", [LHCALL_LOAD_IDT_ENTRY] = "LOAD_IDT_ENTRY",
+		[LHCALL_SET_STACK] = "SET_STACK", [LHCALL_TS] = "TS",
+		[LHCALL_SET_CLOCKEVENT] = "SET_CLOCKEVENT", [LHCALL_HALT] = "HALT",
+		[LHCALL_SET_PMD] = "SET_PMD", [LHCALL_SET_PTE] = "SET_PTE",
+		[LHCALL_SET_PGD] = "SET_PGD", [LHCALL_LOAD_TLS] = "LOAD_TLS",
+		[LHCALL_NOTIFY] = "NOTIFY", [LHCALL_LOAD_GDT_ENTRY] = "LOAD_GDT_ENTRY",
+		[LHCALL_SEND_INTERRUPTS] = "SEND_INTERRUPTS",
+	};
+	u32 trapped[LHCALL_COUNTED];
+	char line[96];
+	unsigned int i, lines = 1;
+	u32 total = 0, queued = 0;
+
+	irq_disable();
+	memcpy(trapped, hcalls_trapped, sizeof(trapped));
+	trapped[LHCALL_SHUTDOWN]++;
+	for (i = 0; i < LHCALL_COUNTED; i++)
+		if (trapped[i] || hcalls_queued[i] || i == LHCALL_NOTIFY)
+			lines++;
+	trapped[LHCALL_NOTIFY] += lines;
+	for (i = 0; i < LHCALL_COUNTED; i++) {
+		total += trapped[i];
+		queued += hcalls_queued[i];
+	}
+	snprintf(line, sizeof(line), "hcalls: total trap=%u async=%u\n", total, queued);
+	early_puts(line, strlen(line));
+	for (i = 0; i < LHCALL_COUNTED; i++) {
+		if (!trapped[i] && !hcalls_queued[i])
+			continue;
+		snprintf(line, sizeof(line), "hcalls: %u %s trap=%u async=%u\n", i,
+			 names[i] ? names[i] : "?", trapped[i], hcalls_queued[i]);
+		early_puts(line, strlen(line));
+	}
+}
+
 /* lguest_power_off: the Host ends us, and the Launcher exits cleanly. */
 void power_off(void)
 {
 	static const char msg[] = "Power down";
+	char arg[8];
 
+	if (cmdline_get("lghcalls", arg, sizeof(arg)))
+		report_hcalls();
 	for (;;)
 		hcall(LHCALL_SHUTDOWN, __pa(msg), LGUEST_SHUTDOWN_POWEROFF, 0, 0);
 }

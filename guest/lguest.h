@@ -148,10 +148,18 @@ _Static_assert(sizeof(struct lguest_data) == 1392, "sizeof lguest_data");
 
 extern struct lguest_data lguest_data;
 
+/* How many hypercalls we made, by number: through the trap (hcall(), and the
+ * two in head.S) and queued in the async ring (async_hcall()).  lghcalls=1
+ * prints them at power off; the Host's --stats counts the same two things. */
+#define LHCALL_COUNTED		32
+extern u32 hcalls_trapped[LHCALL_COUNTED], hcalls_queued[LHCALL_COUNTED];
+
 /* The one way into the Host: hcall() in lguest_hcall.h.  "memory" because the
  * Host reads and writes our memory (lguest_data, page tables, strings). */
 static inline u32 hcall(u32 call, u32 arg1, u32 arg2, u32 arg3, u32 arg4)
 {
+	if (call < LHCALL_COUNTED)
+		hcalls_trapped[call]++;
 	asm volatile("int $0x1f"
 		     : "+a"(call)
 		     : "b"(arg1), "c"(arg2), "d"(arg3), "S"(arg4)

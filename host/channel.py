@@ -23,6 +23,8 @@ import sys
 import threading
 import time
 
+import lgtrace
+
 from .abi import LHREQ_BREAK
 from .ucinternals import StopRequest
 
@@ -62,8 +64,10 @@ class Events:
       * the run loop lowers the stop request (stop.clear()) *before* its last pending()
         and stays out of the engine while anything is pending.
     An event raised after that last look finds the request up, and the engine stops at
-    its next block boundary.  (A request raised for an event the loop has already taken
-    stops the engine with nothing new to see: a harmless re-entry.)
+    its next block boundary (if that uc_emu_stop() came just before the engine started
+    and was lost, the helper thread makes another within RECHECK while the event waits).
+    (A request raised for an event the loop has already taken stops the engine with
+    nothing new to see: a harmless re-entry.)
 
     stop is the engine's stop request: set() / clear() / is_set(), taken only at a
     translation-block boundary (ucinternals.StopRequest).  wake is set on every raise,
@@ -72,6 +76,7 @@ class Events:
 
     def __init__(self, stop):
         self.stop = stop
+        self.kick = None              # wakes the helper thread (Channel sets it)
         self.wake = threading.Event()
         self.lock = threading.Lock()
         self.bits = 0
@@ -88,6 +93,9 @@ class Events:
             self.bits |= bits
         self.stop.set()               # after the bits: see the class docstring
         self.wake.set()
+        if self.kick is not None:
+            self.kick()               # the helper thread minds a stop that got lost
+        if lgtrace.on: lgtrace.raised(bits)
 
     def raise_irq(self, irq):
         """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
@@ -217,6 +225,7 @@ class Channel:
         sys.setswitchinterval(SWITCH_INTERVAL)
         self._ctl_r, self._ctl_w = os.pipe()
         os.set_blocking(self._ctl_w, False)
+        self.events.kick = self._kick
         self._thread = threading.Thread(target=self._run, name="lguest-host", daemon=True)
         self._thread.start()
 
@@ -236,6 +245,11 @@ class Channel:
         for s in (self.host_sock, self.waker_sock):
             if s is not None:
                 s.close()
+
+    def _kick(self):
+        """Another thread raised an event: wake the helper thread to mind the stop."""
+        if threading.current_thread() is not self._thread and self._ctl_w is not None:
+            self._poke()
 
     def _poke(self):
         try:
@@ -310,12 +324,18 @@ class Channel:
                     dl = self.recheck
                 self._thread_deadline = dl
             timeout = None if dl is None else max(0.0, dl - time.monotonic())
+            if ev.bits & ~WAKER_GONE:
+                # Raised and not taken yet: the stop may have come while the engine was
+                # between runs, and been lost (see StopRequest): ask again in a tick.
+                timeout = RECHECK if timeout is None else min(timeout, RECHECK)
             try:
                 r, _, _ = select.select(fds, [], [], timeout)
             except (OSError, ValueError):
                 return
             if self._closing:
                 return
+            if not r and ev.bits & ~WAKER_GONE:
+                ev.stop.set()
             bits = 0
             if self._ctl_r in r:
                 try:

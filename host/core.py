@@ -22,6 +22,8 @@ import errno
 import os
 import struct
 
+import lgtrace
+
 from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
@@ -164,6 +166,9 @@ class Guest:
     def tlb_flush(self):
         self.ui.flush_tlb()
 
+    def tlb_flush_page(self, vaddr):
+        self.ui.flush_tlb_page(vaddr)
+
     def set_cr3(self, val):
         self.ui.cr3 = val
 
@@ -197,6 +202,7 @@ class Guest:
                 continue
             # 3. "Check for signals": what the helper thread raised.
             ev = self.events.take()
+            if lgtrace.on: lgtrace.taken(self, ev)
             if ev & FOREIGN_WRITE:
                 # Before any interrupt that follows: the Guest may run what was read in.
                 for gpa, length in self.events.take_dirty():
@@ -225,6 +231,7 @@ class Guest:
 
     def handle_exit(self, why):
         """Step 7: what each way out of run_once() leaves for the loop to do."""
+        if lgtrace.on: lgtrace.stopped(self, why)
         match why:
             case Exit.NOTIFY | Exit.HALT | Exit.EVENT | Exit.DEATH:
                 pass                  # the top of the loop takes these (steps 2, 5, 3, end)

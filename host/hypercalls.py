@@ -6,6 +6,8 @@ edx and esi the arguments.  It can also queue calls in the async ring in lguest_
 the call itself.  This file is one big switch, as the C was.
 """
 
+import lgtrace
+
 from . import interrupts_and_traps as it
 from . import page_tables, segments
 from .abi import (HCALL_ARGS_SIZE, LD_HCALL_STATUS, LD_HCALLS, LD_KERNEL_ADDRESS, LD_NOIRQ_END,
@@ -93,7 +95,9 @@ def do_async_hcalls(cpu):
             break
         cpu.next_hcall = (n + 1) % LHCALL_RING_SIZE
         a = ld + LD_HCALLS + n * HCALL_ARGS_SIZE
-        do_hcall(cpu, (u32(a), u32(a + 4), u32(a + 8), u32(a + 12), u32(a + 16)))
+        args = (u32(a), u32(a + 4), u32(a + 8), u32(a + 12), u32(a + 16))
+        if lgtrace.on: lgtrace.async_hcall(cpu, n, args)
+        do_hcall(cpu, args)
         mem[ld + LD_HCALL_STATUS + n] = 0xFF
         if cpu.pending_notify or cpu.dead:
             break

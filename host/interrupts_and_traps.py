@@ -14,6 +14,8 @@ here" window [noirq_start, noirq_end) around its iret.
 import struct
 import time
 
+import lgtrace
+
 from . import page_tables
 from .abi import (FIRST_EXTERNAL_VECTOR, GUEST_CS, GUEST_PL, IDT_ENTRIES, LD_BLOCKED_INTERRUPTS,
                   LD_IRQ_ENABLED, LD_IRQ_PENDING, LD_TIME, LGUEST_IRQS,
@@ -176,6 +178,7 @@ def deliver_interrupts(cpu):
     irq, more = interrupt_pending(cpu)
     if irq < LGUEST_IRQS:
         try_deliver_interrupt(cpu, irq, more)
+    if lgtrace.on: lgtrace.interrupt(cpu, irq)   # delivered, or why not
 
 
 def set_interrupt(cpu, irq):

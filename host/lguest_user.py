@@ -21,6 +21,8 @@ Two Launchers, two protocols over one Host:
 import errno
 import os
 
+import lgtrace
+
 from .abi import (LGUEST_IRQS, LHREQ_BREAK, LHREQ_EVENTFD, LHREQ_INITIALIZE, LHREQ_IRQ,
                   PAGE_SIZE)
 from .core import Guest, GuestDied
@@ -55,6 +57,7 @@ class LguestDev:
             if len(req) != 2 or not 0 <= req[1] < LGUEST_IRQS:
                 raise ValueError("bad interrupt (EINVAL)")
             g.irqs_pending |= 1 << req[1]
+            if lgtrace.on: lgtrace.lhreq_irq(req[1])
             return
         if op == LHREQ_BREAK:
             if len(req) != 2:
@@ -66,6 +69,7 @@ class LguestDev:
             else:
                 g.break_out = False
                 g.channel.release_waker()
+                if lgtrace.on: lgtrace.lhreq_break()
             return
         raise ValueError("unknown request %r (EINVAL)" % (op,))
 
@@ -98,6 +102,7 @@ class LguestDev:
         # If we returned last time because the Guest sent I/O, that is done now.
         g.pending_notify = 0
         g.channel.start()
+        if lgtrace.on: return lgtrace.read(g)       # in a span on the trace
         return g.run_guest()
 
     def breaker(self):

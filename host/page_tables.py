@@ -479,8 +479,13 @@ def guest_set_pmd(cpu, pmdp, idx):
 
 def guest_set_pte(cpu, gpgdir, vaddr, pte):
     """LHCALL_SET_PTE: one entry changed; mirrors guest_set_pte().  (A PAE Guest passes
-    the entry's high half as a fourth argument; a flush needs neither.)"""
+    the entry's high half as a fourth argument; a flush needs neither.)
+
+    The real Host dropped that one shadow entry; we drop unicorn's TLB entries for that
+    one page.  (The page directory may not be the current one, but kernel page tables
+    are shared by all of them, so the page goes either way: it is cheap.)
+    """
     if vaddr >= SWITCHER_ADDR:
         cpu.kill_guest("attempt to set pte into Switcher pages")
         return
-    cpu.tlb_flush()
+    cpu.tlb_flush_page(vaddr)

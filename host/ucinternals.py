@@ -17,6 +17,13 @@ register API, and refuse to run on an engine whose layout we do not recognise.  
 memory gives us the general registers without the binding's per-call overhead, which is
 what keeps a hypercall round trip near a microsecond.
 
+The engine itself is unicorn 2.1.4 built with our patches (patches/unicorn/): guest stores
+to pages without translated code take the inline fast path, a stop asked in the middle of
+a block lands at the next block boundary, a TLB flush can be one page, and a block's exit
+test is inline.  The first engine of a process checks the first two on a scratch engine
+(check_engine_patches()) and we refuse to run on one that lacks them; without the other
+two we are only slower.
+
 Layout (x86_64-hosted unicorn 2.1.4 wheel; QEMU 5.0's CPUX86State):
   regs[16]  u64 @0   (EAX ECX EDX EBX ESP EBP ESI EDI ...)
   eip       u64 @128          eflags u64 @136 (condition codes live elsewhere)
@@ -31,6 +38,7 @@ Layout (x86_64-hosted unicorn 2.1.4 wheel; QEMU 5.0's CPUX86State):
 import ctypes
 import os
 import struct
+import threading
 
 import unicorn
 from unicorn import x86_const as X
@@ -61,6 +69,7 @@ _SEG_REGS = {"es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS
 
 # uc_ctl() codes, encoded as the binding does: (op << 30) | (nargs << 26) | ctl
 _CTL_TLB_FLUSH = (UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH
+_CTL_TLB_FLUSH_PAGE = (UC_CTL_IO_WRITE << 30) | (1 << 26) | UC_CTL_TLB_FLUSH   # patch 3
 
 
 
@@ -140,6 +149,81 @@ def _env_fields(fields, span):
 _U32, _S32, _U64 = ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
 
 
+# --- our patches to the engine (patches/unicorn/) ------------------------------------
+TLB_NOTDIRTY = 1 << 10          # QEMU's TLB_NOTDIRTY (4 KiB target pages): store slow path
+TLB_ENTRY_SIZE = 64             # CPUTLBEntry {addr_read, addr_write, addr_code, paddr,
+                                # addend}, padded to a power of two
+_patches_checked = False
+
+
+def _tlb_addr_write(env, vaddr):
+    """addr_write of every TLB entry the engine holds for vaddr's page, in each MMU mode.
+
+    QEMU keeps the fast TLB's {mask, table} pairs (CPUTLBDescFast, one per MMU mode) just
+    below env, where translated code finds them.  We look there for pairs whose table
+    really has an entry for vaddr (addr_read == the page), so a wrong guess finds nothing.
+    """
+    page = vaddr & ~0xFFF
+    found = []
+    fd = os.open("/proc/self/mem", os.O_RDONLY)
+    try:
+        below = _safe_read(fd, env - 256, 256)
+        for off in range(0, len(below) - 15, 8):
+            mask, table = struct.unpack_from("<QQ", below, off)
+            n = (mask // TLB_ENTRY_SIZE) + 1
+            if (mask % TLB_ENTRY_SIZE or n & (n - 1) or not 64 <= n <= 1 << 20
+                    or not 0x10000 <= table <= 0x7FFFFFFFFFFF):
+                continue
+            ent = _safe_read(fd, table + ((page >> 12) & (n - 1)) * TLB_ENTRY_SIZE, 16)
+            if len(ent) == 16:
+                addr_read, addr_write = struct.unpack("<QQ", ent)
+                if addr_read == page:
+                    found.append(addr_write)
+    finally:
+        os.close(fd)
+    return found
+
+
+def check_engine_patches():
+    """Refuse an engine built without pylguest's patches (patches/unicorn/), once per
+    process, by watching a scratch engine do what only the patched one does:
+
+      patch 1: a store to a page that holds no translated code leaves its TLB entry
+               without TLB_NOTDIRTY, so the next stores take the inline fast path;
+      patch 2: a stop asked in the middle of a block (here by an "out" hook) lands at
+               the next block boundary, not after the block's next memory access.
+
+    The program: mov [0x2000],eax; out 0x80,al (the hook stops); mov [0x2004],eax;
+    mov [0x2008],eax; jmp $.  Stock 2.1.4 stops right after the store to 0x2004, so
+    0x2008 stays zero, and it leaves the 0x2000 entry "not dirty".
+    """
+    global _patches_checked
+    if _patches_checked:
+        return
+    _patches_checked = True
+    uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
+    env = ctypes.addressof(UcInternals(uc))
+    uc.mem_map(0, 0x4000)
+    uc.mem_write(0x1000, bytes.fromhex("a300200000" "e680" "a304200000" "a308200000" "ebfe"))
+    uc.hook_add(unicorn.UC_HOOK_INSN, lambda uc, port, size, value, ud: uc.emu_stop(),
+                None, 1, 0, X.UC_X86_INS_OUT)
+    uc.reg_write(X.UC_X86_REG_EAX, 0x5EED)
+    uc.emu_start(0x1000, 0x3000, timeout=1_000_000)
+    why = None
+    if struct.unpack("<I", uc.mem_read(0x2008, 4))[0] != 0x5EED:
+        why = "a stop lands in the middle of a block"
+    else:
+        writes = _tlb_addr_write(env, 0x2000)
+        if not writes:
+            _fail("cannot find the TLB next to the CPU state")
+        if any(w & TLB_NOTDIRTY for w in writes):
+            why = "guest stores take the slow path"
+    if why is not None:
+        raise UnicornMismatch(
+            "unicorn %s lacks pylguest's patches (%s): build it with make "
+            "(patches/unicorn/)" % (getattr(unicorn, "__version__", "?"), why))
+
+
 class UcInternals(ctypes.Structure):
     """One engine's CPUX86State, laid over env itself: the Guest's registers by name.
 
@@ -187,6 +271,7 @@ class UcInternals(ctypes.Structure):
         self._rd = uclib.uc_reg_read
         self._wr = uclib.uc_reg_write
         self._verify()
+        check_engine_patches()
 
     # --- registers -------------------------------------------------------------------
     def hcall_args(self):
@@ -238,9 +323,14 @@ class UcInternals(ctypes.Structure):
         return self._wr(self._uch, _SEG_REGS[seg], self._pval)
 
     def flush_tlb(self):
-        """Throw away every cached translation: uc_ctl(UC_CTL_TLB_FLUSH) (1.4 us; unicorn
-        has no per-page flush)."""
+        """Throw away every cached translation: uc_ctl(UC_CTL_TLB_FLUSH) (1.4 us)."""
         uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH)
+
+    def flush_tlb_page(self, vaddr):
+        """Drop the TLB entries for the virtual page holding vaddr (every MMU mode), as
+        invlpg does.  UC_CTL_TLB_FLUSH with one argument is our patch 3; an engine
+        without it ignores the argument and flushes everything: correct, only slower."""
+        uclib.uc_ctl(self._uch, _CTL_TLB_FLUSH_PAGE, ctypes.c_uint64(vaddr))
 
     def reg_read(self, reg):
         """uc_reg_read without the binding's overhead (integer registers only)."""
@@ -358,96 +448,50 @@ class UcInternals(ctypes.Structure):
 
 
 class StopRequest:
-    """A stop another thread can ask for, taken only at a translation-block boundary.
+    """A stop another thread can ask for; the engine takes it at the next translation-
+    block boundary.
 
-    uc_emu_stop() called from another thread is not precise in unicorn 2.1.4: the stop
-    lands after the next memory store inside the running translation block, and the
-    engine then resumes at the *start* of that block, so every instruction from there to
-    the store runs twice (a Guest's "incw idx" went up by 2).  So the Host's helper
-    thread never calls emu_stop() itself: it raises this flag, and a UC_HOOK_BLOCK
-    callback, which runs before any instruction of a block, stops the engine there.
+    Stock unicorn 2.1.4 let a uc_emu_stop() from another thread land after the next load
+    or store, in the middle of a block, and then ran the block's instruction again (a
+    Guest's "incw idx" went up by 2), so the Host stopped through a native UC_HOOK_BLOCK,
+    which cost every block the Guest ran ~2.4 ns.  With our patch 2 the call itself lands
+    at the next block boundary (check_engine_patches() makes sure), so a thread simply
+    makes it.  Two things are left for us to mind:
 
-    The callback is called for every block the Guest runs, so it must not be Python
-    (a Python block hook costs ~25x in block throughput).  It is ten bytes of x86-64
-    machine code, the equivalent of:
+      * a uc_emu_stop() made while the engine is not inside emu_start() is lost
+        (emu_start() clears it), so an event raised just before the run loop enters
+        could wait for the Guest's next exit: the helper thread calls set() again while
+        raised events wait (Channel._run);
+      * a call still under way when the run loop lowers the request can land in the run
+        after: is_set() counts it, so that stop is a harmless re-entry, not a mystery.
 
-        struct stop_request { volatile int32_t pending; int32_t pad;
-                              uc_err (*emu_stop)(uc_engine *); };
-        void stop_hook(uc_engine *uc, uint64_t addr, uint32_t size, void *user_data)
-        {
-                struct stop_request *s = user_data;
-                if (s->pending)
-                        s->emu_stop(uc);        // a tail call: uc is still in %rdi
-        }
-
-    set() raises the flag (any thread); clear() lowers it (the run loop, before it looks
-    at its events and re-enters emu_start, so a flag raised after that look still stops
-    the engine at the first block).
+      set()      any thread: raise the request, then uc_emu_stop()
+      clear()    the run loop, before its last look at its events
+      is_set()   the run loop, after emu_start(): may a request have stopped this run?
     """
 
-    # mov eax,[rcx]; test eax,eax; jnz +1; ret; jmp qword [rcx+8]
-    CODE = bytes.fromhex("8b01" "85c0" "7501" "c3" "ff6108")
-
-    class _Flag(ctypes.Structure):
-        _fields_ = [("pending", ctypes.c_int32), ("pad", ctypes.c_int32),
-                    ("emu_stop", ctypes.c_void_p)]
-
-    _code_page = None
-    _tested = False
-
-    @classmethod
-    def _callback(cls):
-        """The machine code above, in a page of its own made read+execute."""
-        if cls._code_page is None:
-            import mmap
-            import platform
-            if platform.machine() != "x86_64":
-                _fail("the stop hook is x86-64 machine code; this host is %s"
-                      % platform.machine())
-            page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-            page.write(cls.CODE)
-            addr = ctypes.addressof(ctypes.c_char.from_buffer(page))
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-            if libc.mprotect(addr, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_EXEC):
-                _fail("cannot make the stop hook executable (errno %d)" % ctypes.get_errno())
-            cls._code_page = (page, addr)
-        return cls._code_page[1]
-
     def __init__(self, uc):
-        if not StopRequest._tested:
-            StopRequest._tested = True
-            self.self_test()
-        self.flag = self._Flag(0, 0, ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value)
-        handle = ctypes.c_size_t()
-        err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_BLOCK,
-                                ctypes.c_void_p(self._callback()), ctypes.byref(self.flag),
-                                ctypes.c_uint64(1), ctypes.c_uint64(0))
-        if err:
-            _fail("uc_hook_add(UC_HOOK_BLOCK) failed (%d)" % err)
-        self.handle = handle.value
+        self._uch = uc._uch
+        self._emu_stop = uclib.uc_emu_stop
+        self._lock = threading.Lock()
+        self.pending = False
+        self._begun = self._ended = 0        # uc_emu_stop() calls, by any thread
+        self._begun_at_clear = 0
+        self._busy_at_clear = False
 
     def set(self):
-        self.flag.pending = 1
+        self.pending = True
+        with self._lock:
+            self._begun += 1
+        self._emu_stop(self._uch)
+        with self._lock:
+            self._ended += 1
 
     def clear(self):
-        self.flag.pending = 0
+        self.pending = False
+        with self._lock:
+            self._begun_at_clear = self._begun
+            self._busy_at_clear = self._begun != self._ended
 
     def is_set(self):
-        return self.flag.pending != 0
-
-    @classmethod
-    def self_test(cls):
-        """Check on a scratch engine that a raised flag stops a Guest spinning in
-        "jmp ." at once; refuse to run if it does not."""
-        uc = unicorn.Uc(unicorn.UC_ARCH_X86, unicorn.UC_MODE_32)
-        uc.mem_map(0x1000, 0x1000)
-        uc.mem_write(0x1000, b"\x40\xeb\xfd")     # inc eax; jmp back to it
-        stop = cls(uc)
-        stop.set()
-        uc.emu_start(0x1000, 1 << 40, timeout=2_000_000)
-        ran = uc.reg_read(X.UC_X86_REG_EAX)
-        stop.clear()
-        uc.emu_start(0x1000, 1 << 40, timeout=2_000)    # ends by the timeout (2 ms)
-        if ran != 0 or uc.reg_read(X.UC_X86_REG_EAX) == 0:
-            _fail("the block-boundary stop hook does not work (ran %d)" % ran)
+        return self.pending or self._busy_at_clear or self._begun != self._begun_at_clear

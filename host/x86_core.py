@@ -21,6 +21,8 @@ from unicorn import UcError
 from unicorn import unicorn_const as UCC
 from unicorn import x86_const as X
 
+import lgtrace
+
 from . import hypercalls, page_tables
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, LD_CR2, LGUEST_TRAP_ENTRY
@@ -62,6 +64,7 @@ def run_once(cpu):
         return Exit.EVENT
     cpu.exit = None
     ui.clear_exception_state()
+    if lgtrace.on: lgtrace.entering(cpu)          # the exit in progress ends
     try:
         cpu.uc.emu_start(ui.eip, UNTIL)
     except UcError:
@@ -137,11 +140,15 @@ def install_hooks(cpu):
             cpu.fault = (access, address)     # physical: above 4 GiB too (PAE)
         return False
 
+    if lgtrace.on:
+        hook_intr = lgtrace.trap_hook(cpu, hook_intr)     # --trace/--stats: time each exit
     ui.hook_intr_raw(hook_intr)
     uc.hook_add(UCC.UC_HOOK_INSN_INVALID, hook_invalid)
     uc.hook_add(UCC.UC_HOOK_INSN, hook_in, None, 1, 0, X.UC_X86_INS_IN)
     uc.hook_add(UCC.UC_HOOK_INSN, hook_out, None, 1, 0, X.UC_X86_INS_OUT)
-    uc.hook_add(UCC.UC_HOOK_MEM_INVALID, hook_mem_invalid)
+    # Only where the Guest has no memory: a memory hook over an address keeps every
+    # store there on the engine's slow path (patches/unicorn/0001).
+    uc.hook_add(UCC.UC_HOOK_MEM_INVALID, hook_mem_invalid, None, cpu.mem_limit, (1 << 64) - 1)
 
 
 def software_int(cpu, num):

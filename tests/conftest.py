@@ -279,15 +279,14 @@ class Launcher:
         if self.master is None:
             self._pumps[1].join(5)
             return
-        deadline = time.monotonic() + 2
-        seen = -1
-        while time.monotonic() < deadline:
+        deadline = time.monotonic() + 5
+        seen, quiet = -1, time.monotonic()
+        while time.monotonic() - quiet < 0.2 and time.monotonic() < deadline:
             with self._lock:
                 n = len(self._out)
-            if n == seen:
-                return
-            seen = n
-            time.sleep(0.05)
+            if n != seen:
+                seen, quiet = n, time.monotonic()
+            time.sleep(0.02)
 
     def kill(self):
         """SIGKILL the Launcher and everything it started, by pid."""

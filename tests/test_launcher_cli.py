@@ -11,10 +11,12 @@ import pytest
 
 from conftest import Launcher, assert_no_traceback, elf32, launch, last_words, one_line_death
 
+# The C's three lines, then one for our own options (--trace, --stats: issue 17).
 USAGE = ("lguest: Usage: lguest [--verbose] "
          "[--tunnet=(<ipaddr>|bridge:<bridgename>)\n"
          "|--block=<filename>|--initrd=<filename>]...\n"
-         "<mem-in-mb> vmlinux [args...]\n")
+         "<mem-in-mb> vmlinux [args...]\n"
+         "pylguest's own: [--trace=<filename> [--trace-events=<n>]] [--stats]\n")
 
 
 def run(*args, timeout=30):

@@ -25,6 +25,7 @@ import signal
 import sys
 import time
 
+import lgtrace
 from devices.errors import LauncherError, die_in_child
 
 PR_SET_PDEATHSIG = 1
@@ -96,6 +97,7 @@ def fork_child(name, body, keep_fds):
     pid = os.fork()
     if pid:
         CHILDREN[pid] = name
+        if lgtrace.on: lgtrace.child_forked(pid)
         return pid
 
     status = 0
@@ -116,6 +118,7 @@ def fork_child(name, body, keep_fds):
         except OSError:
             pass
         close_fds_except(set(keep_fds) | {0, 1, 2})
+        if lgtrace.on: lgtrace.child_started(name)     # its own ring of events
         body()
     except LauncherError as e:
         die_in_child(e)
