@@ -74,9 +74,41 @@ def _block_signals():
     _ORIG_MASK = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
 
 
+#: The modules we need from the virtualenv, by import name.
+REQUIREMENTS = ("unicorn", "elftools")
+
+
+def _missing_module(name):
+    """The one line for `python3 launcher.py` outside the virtualenv."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    python = os.path.join(here, ".venv", "bin", "python")
+    rel = os.path.relpath(python)
+    return ("No Python module named '%s': run the Launcher with the project's "
+            "virtualenv, %s launcher.py (make sets it up)"
+            % (name, rel if not rel.startswith("../..") else python))
+
+
+def _check_requirements():
+    """Find (without importing) what the packages below import at once; say
+    how to run us, in one line, if it isn't there."""
+    import importlib.util
+    for name in REQUIREMENTS:
+        try:
+            missing = importlib.util.find_spec(name) is None
+        except (ImportError, OSError, ValueError):
+            missing = False         # can't tell here: let the import say
+        if missing:
+            try:
+                os.write(2, ("lguest: %s\n" % _missing_module(name)).encode())
+            except OSError:
+                pass
+            os._exit(1)
+
+
 if __name__ == "__main__":
     _block_signals()
     _reserve_std_fds()
+    _check_requirements()
 
 import argparse                 # noqa: E402
 import stat                     # noqa: E402
@@ -88,6 +120,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from devices.abi import DEVICE_PAGES, PAGE_SIZE, U16, U32      # noqa: E402
 from devices.errors import LauncherError, c_hex, err, errx     # noqa: E402
+import lgtrace                                                 # noqa: E402
+from lgtrace.record import DEFAULT_EVENTS, RING_RECORDS        # noqa: E402
 
 # --- Small helpers ---------------------------------------------------------
 
@@ -458,9 +492,7 @@ def probe_host(mem, start):
             set_pdeathsig()
             if os.getppid() == parent:
                 restore_signals()
-                tracer = sys.modules.get("lgtrace")
-                if tracer is not None:
-                    tracer.on = False       # a throwaway Host: nothing to record
+                lgtrace.on = False          # a throwaway Host: nothing to record
                 os.dup2(w, 2)               # unicorn's last words, for our message
                 LguestDev().write((LHREQ_INITIALIZE, mem.base,
                                    mem.guest_limit // PAGE_SIZE, start))
@@ -590,9 +622,6 @@ def parse_args(argv):
     returns an argparse Namespace with verbose, devices [(kind, arg)...] in
     order, initrd, mem_mb (int), kernel and args.  Dies with the usage text
     on a bad command line; mirrors the getopt_long() loop of main()."""
-    # (Here, not at the top: lgtrace brings in the Host, and so unicorn,
-    # which outside the virtualenv must be main()'s one-line error.)
-    from lgtrace.record import DEFAULT_EVENTS, RING_RECORDS
     p = _Parser(
         prog="launcher.py", add_help=False,
         usage="%(prog)s [--verbose] [--tunnet=(IP|bridge:NAME)] "
@@ -684,8 +713,8 @@ _late_signal = []
 def cleanup():
     """Restore the terminal, end our children, flush stdout.  Safe to call
     more than once, from either thread, at any point of the set-up."""
-    # The console module is light, and must be there to stop a raw_term()
-    # the main thread may be about to make.
+    # Imported here if need be (a signal early in the set-up): it must be
+    # there to stop a raw_term() the main thread may be about to make.
     from devices import console
     console.restore_term(for_good=True)
     # Not imported yet: nothing forked yet.  (A child being forked this very
@@ -694,12 +723,10 @@ def cleanup():
     if procs is not None:
         procs.end_children()
     # The children are gone: their trace rings are complete (--trace, --stats).
-    lgtrace = sys.modules.get("lgtrace")
-    if lgtrace is not None:
-        try:
-            lgtrace.finish(_state.get("devices"))
-        except Exception:
-            pass
+    try:
+        lgtrace.finish(_state.get("devices"))
+    except Exception:
+        pass
     net = sys.modules.get("devices.net")
     if VERBOSE and net is not None and "devices" in _state:
         try:
@@ -764,10 +791,6 @@ def start_signal_thread():
 
 # --- main ----------------------------------------------------------------------
 
-#: The modules we need from the virtualenv, by import name.
-REQUIREMENTS = ("unicorn", "elftools")
-
-
 def _imports(ns):
     """Import everything now, before we open a single file: under a tight
     "ulimit -n" an import in the middle of the way out could fail, and a
@@ -795,7 +818,6 @@ def start_tracing(ns):
             fd = os.open(ns.trace, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError:
             err("Failed to open trace file %s" % ns.trace)
-    import lgtrace
     blocks = sum(1 for kind, _ in ns.devices if kind == "block")
     lgtrace.start(fd, ns.stats, ns.trace_events, children=1 + blocks, kernel=ns.kernel)
 
@@ -894,15 +916,6 @@ def main(argv=None):
     except BaseException as e:                 # a bug of ours: still one line
         return _internal_error(e), 1
     return None, 1
-
-
-def _missing_module(name):
-    here = os.path.dirname(os.path.abspath(__file__))
-    python = os.path.join(here, ".venv", "bin", "python")
-    rel = os.path.relpath(python)
-    return ("No Python module named '%s': run the Launcher with the project's "
-            "virtualenv, %s launcher.py (make sets it up)"
-            % (name, rel if not rel.startswith("../..") else python))
 
 
 def _internal_error(e):
