@@ -20,11 +20,12 @@ before the Guest can run code it read from disk.
   (gpa, len)          the worker filled Guest memory [gpa, gpa+len)
   (0, 0)              one request is complete
   (RESET_ACK, 0)      the worker has forgotten its place in the ring
-  (DYING, status)     the worker is dying and has printed why
+  (DYING, n) + n bytes  the worker is dying: why, for the Launcher to say
 """
 
 import os
 import select
+import stat
 import struct
 
 import lgtrace
@@ -46,6 +47,8 @@ from .errors import LauncherError, err, errx
 DONE = struct.Struct("=II")
 RESET_ACK = 0xFFFFFFFE
 DYING = 0xFFFFFFFF
+#: the longest reason a DYING record carries (one atomic pipe write in all)
+WHY_MAX = 1024
 #: bytes on the workpipe
 WORK_KICK = 0x00
 WORK_RESET = 0x52        # "R"
@@ -68,7 +71,7 @@ class VblkInfo:
         self.workpipe = None
         self.pid = None
         self.partial = b""        # an incomplete DONE record read so far
-        self.said_why = False     # the worker printed its last words
+        self.why = None           # the worker's last words (str), once sent
 
 
 # --- The worker ---------------------------------------------------------
@@ -261,8 +264,11 @@ def io_worker(vq, vblk, workpipe, done_fd):
     """The worker's main loop; mirrors io_thread() in lguest.c.  Each byte
     down workpipe is a kick (serve every request in the ring) or a reset
     (forget our place in the ring, and acknowledge).  EOF means the
-    Launcher is gone: exit quietly.  A bad Guest ends it with a one-line
-    death and a DYING record, so the Launcher knows the reason is out."""
+    Launcher is gone: exit quietly.  A bad Guest ends it: the reason goes
+    to the Launcher in a DYING record, and the Launcher dies with it, as the
+    C's thread did with errx() in the Launcher's own process: so the
+    reason is the last line, after anything the Launcher printed meanwhile,
+    and is never lost to the clean-up ending us first."""
     try:
         while True:
             try:
@@ -288,11 +294,12 @@ def io_worker(vq, vblk, workpipe, done_fd):
             if kicked:
                 serve_ring(vq, vblk, done_fd)
     except LauncherError as e:
+        why = str(e).encode(errors="replace")[:WHY_MAX]
         try:
-            _write_all(done_fd, DONE.pack(DYING, e.status))
+            _write_all(done_fd, DONE.pack(DYING, len(why)) + why)
         except OSError:
-            pass
-        raise
+            raise e from None     # nobody to tell: say it ourselves
+        os._exit(e.status)
 
 
 def _write_all(fd, data):
@@ -308,31 +315,37 @@ def _write_all(fd, data):
 # --- The Launcher's side ------------------------------------------------
 
 def _worker_gone(vblk):
-    """The done pipe hit EOF: the worker died.  If it printed why, leave
-    quietly with status 1 as the C's handle_io_finish() did (SystemExit:
-    the terminal is restored by the Launcher's exit path); else say so."""
-    if vblk.said_why:
-        raise SystemExit(1)
+    """The worker died.  If it told us why, die with that; else say so."""
+    if vblk.why is not None:
+        errx(vblk.why)
     errx("I/O worker died")
 
 
 def _take_records(lg, dev, data):
     """Act on done-pipe bytes: drop unicorn's translations of what the
-    worker filled; returns (requests completed, resets acknowledged)."""
+    worker filled; returns (requests completed, resets acknowledged).  A
+    DYING record's reason is kept in vblk.why."""
     vblk = dev.priv
     data = vblk.partial + data
-    whole = len(data) - len(data) % DONE.size
-    vblk.partial = data[whole:]
     done = resets = 0
-    for gpa, length in DONE.iter_unpack(data[:whole]):
+    at = 0
+    while len(data) - at >= DONE.size:
+        gpa, length = DONE.unpack_from(data, at)
+        if gpa == DYING:
+            if len(data) - at - DONE.size < length:
+                break                   # the rest of it comes with the next read
+            start = at + DONE.size
+            vblk.why = data[start:start + length].decode(errors="replace")
+            at = start + length
+            continue
+        at += DONE.size
         if gpa == 0 and length == 0:
             done += 1
         elif gpa == RESET_ACK:
             resets += 1
-        elif gpa == DYING:
-            vblk.said_why = True
         else:
             lg.drop_translations(gpa, length)
+    vblk.partial = data[at:]
     if lgtrace.on: lgtrace.completed(dev, done)
     return done, resets
 
@@ -356,9 +369,8 @@ def handle_io_finish(lg, dev):
     if not data:
         _worker_gone(vblk)
     done, _ = _take_records(lg, dev, data)
-    if vblk.said_why:
-        # Its last words are printed: leave now, before another device served in
-        # this round (the console's end of input) prints anything after them.
+    if vblk.why is not None:
+        # It is dying: so are we, with its reason (nothing after it).
         _worker_gone(vblk)
     if done:
         STATS.bump("blk_done_seen", done)
@@ -431,15 +443,25 @@ def setup_block_file(devices, filename, verbose=False):
     """Give the Guest a virtio block device backed by filename; mirrors
     setup_block_file() in lguest.c (3.16's config space and features).
 
-    Opens the file read-write (err "Failed to open %s"), offers SEG_MAX and
-    FLUSH, puts capacity (512-byte sectors, u64 @0) and seg_max
+    Opens the file read-write (err "Failed to open %s"; it must be a regular
+    file or a block device: its size is found by seeking to its end), offers
+    SEG_MAX and FLUSH, puts capacity (512-byte sectors, u64 @0) and seg_max
     (VIRTQUEUE_NUM - 2, u32 @12) in the 16-byte config, and forks the I/O
     worker: this must happen before the Host exists.  Returns the Device."""
     try:
         fd = os.open(filename, os.O_RDWR)
     except OSError:
         err("Failed to open %s" % filename)
-    length = os.lseek(fd, 0, os.SEEK_END)
+    # The worker reads and writes by offset: a pipe, a FIFO or a character
+    # device has none, and the capacity is where the end is.
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            errx("Block file %s is not a regular file or a block device"
+                 % filename)
+        length = os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        err("Finding the size of block file %s" % filename)
     nth = sum(1 for d in devices.devs if d.type == VIRTIO_ID_BLOCK)
     serial = ("pylguest-vd%s" % chr(ord("a") + nth % 26)).encode()
     # PYLGUEST_BLK_BATCH=1: the batching experiment of bench/block.py.
