@@ -110,8 +110,9 @@ run-c: linux-kernel-given all $(INITRD)
 	$(PY) c_launcher.py --launcher=$(C_LAUNCHER) --block=$(DISK) --initrd=$(INITRD) $(LINUX_MEM) $(KERNEL) console=hvc0 $(LINUX_ARGS) || [ $$? -eq 1 ]
 
 # pytest exits 5 when it collected nothing: that is a failure for us too.
+# -rs: every skipped test is listed with its reason.
 test: all $(LINUX_TEST_DEPS)
-	$(PY) -m pytest -q tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
+	$(PY) -m pytest -q -rs tests; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests ran"; exit 1; fi; exit $$rc
 
 # bench/soak.py runs for minutes: it has a target of its own.
 bench: all

@@ -15,17 +15,105 @@ Read it beside the C: each function's docstring names its counterpart.
 work, in a Perfetto trace and a `perf kvm stat`-like table).
 
 Exit status: 0 when the Guest powered itself off, 2 after three ^C within a
-second on the console, 1 for every other death (a one-line "lguest: ..." on
-stderr, never a Python traceback).
+second on the console (or a SIGINT), 1 for every other death (a one-line
+"lguest: ..." on stderr, never a Python traceback).
 """
 
-import argparse
-import atexit
 import os
 import signal
 import sys
-import threading
-import time
+
+
+# --- Before anything else ------------------------------------------------------
+#
+# Two things must happen before the Launcher opens a single file or imports
+# anything that might: a closed 0, 1 or 2 must not be handed out to one of our
+# own descriptors (the disk image on fd 1 would receive the Guest's console
+# output), and the signals that end us must wait for the thread that handles
+# them, so none of them can land in the middle of an import or of the way out.
+
+#: The signals that end the Launcher.
+FATAL_SIGNALS = (signal.SIGHUP, signal.SIGINT, signal.SIGQUIT, signal.SIGTERM)
+#: The ones we handle: those we inherited ignored stay ignored, as they did for
+#: the C Launcher, which installed no handlers at all (nohup; a background job
+#: of a shell script has SIGINT and SIGQUIT ignored).
+_SIGNALS = {sig for sig in FATAL_SIGNALS if signal.getsignal(sig) != signal.SIG_IGN}
+#: The signal mask we were started with, for the restart's exec.
+_ORIG_MASK = None
+
+
+def _reserve_std_fds():
+    """Put /dev/null in place of a closed stdin, stdout or stderr.  stdin then
+    reads as end of input; stdout is opened read-only, so the first write to it
+    fails as a write to a closed descriptor does (EBADF: the C's behaviour,
+    minus the danger); stderr goes nowhere, and the Guest still runs."""
+    for fd, flags in ((0, os.O_RDONLY), (1, os.O_RDONLY), (2, os.O_WRONLY)):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        try:
+            new = os.open(os.devnull, flags)
+        except OSError:
+            os._exit(1)             # no /dev/null and no stderr: nothing to say
+        if new != fd:
+            os.dup2(new, fd)
+            os.close(new)
+        os.set_inheritable(fd, True)
+    # Python set these to None if their fds were closed when it started.
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
+def _block_signals():
+    """Hold the fatal signals until _signal_thread() takes them."""
+    global _ORIG_MASK
+    _ORIG_MASK = signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+
+
+#: The modules we need from the virtualenv, by import name.
+REQUIREMENTS = ("unicorn", "elftools")
+
+
+def _missing_module(name):
+    """The one line for `python3 launcher.py` outside the virtualenv."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    python = os.path.join(here, ".venv", "bin", "python")
+    rel = os.path.relpath(python)
+    return ("No Python module named '%s': run the Launcher with the project's "
+            "virtualenv, %s launcher.py (make sets it up)"
+            % (name, rel if not rel.startswith("../..") else python))
+
+
+def _check_requirements():
+    """Find (without importing) what the packages below import at once; say
+    how to run us, in one line, if it isn't there."""
+    import importlib.util
+    for name in REQUIREMENTS:
+        try:
+            missing = importlib.util.find_spec(name) is None
+        except (ImportError, OSError, ValueError):
+            missing = False         # can't tell here: let the import say
+        if missing:
+            try:
+                os.write(2, ("lguest: %s\n" % _missing_module(name)).encode())
+            except OSError:
+                pass
+            os._exit(1)
+
+
+if __name__ == "__main__":
+    _block_signals()
+    _reserve_std_fds()
+    _check_requirements()
+
+import argparse                 # noqa: E402
+import stat                     # noqa: E402
+import threading                # noqa: E402
+import time                     # noqa: E402
 
 # Run from anywhere: the packages sit beside this file.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -70,9 +158,11 @@ def ram_size(mem):
 
 def open_or_die(name, flags=os.O_RDONLY):
     """os.open(), or die "Failed to open NAME: <strerror>"; mirrors
-    open_or_die() in lguest.c."""
+    open_or_die() in lguest.c.  O_NONBLOCK too: a FIFO given as a kernel or
+    initrd must not hang us in open() waiting for a writer (we read files by
+    offset, and a FIFO then fails with "Illegal seek")."""
     try:
-        return os.open(name, flags | os.O_CLOEXEC)
+        return os.open(name, flags | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         err("Failed to open %s" % name)
 
@@ -136,7 +226,9 @@ def map_elf(mem, fd):
     Dies "Malformed elf header" unless it is an x86-32 executable with a sane
     number of correctly sized program headers (the C's checks), and refuses
     a segment that doesn't fit in the Guest's RAM (the C would have written
-    past it).  Returns (entry, end): end is the top of the loaded image."""
+    past it), and a kernel whose entry point is not in the file data of a
+    loaded segment (nothing to run).  Returns (entry, end): end is the top of
+    the loaded image."""
     from elftools.common.exceptions import ELFError
     from elftools.elf.elffile import ELFFile
 
@@ -167,6 +259,7 @@ def map_elf(mem, fd):
 
     ram = ram_size(mem)
     end = 0
+    entered = False
     for i, ph in enumerate(phdrs):
         # Only loadable segments: a kernel also has a NOTE one, and
         # GNU_STACK, which take no memory.
@@ -183,6 +276,12 @@ def map_elf(mem, fd):
             _read_into(fd, mem.view[paddr:paddr + filesz], ph["p_offset"],
                        "kernel segment %i" % i)
         end = max(end, top)
+        if paddr <= entry < paddr + filesz:
+            entered = True
+    # A kernel whose entry point lies in no loaded bytes would run zeroes (or
+    # whatever is there) until something kills it, maybe a minute later.
+    if not entered:
+        errx("Kernel entry point %#x is outside every loaded segment" % entry)
     return entry, end
 
 
@@ -190,8 +289,9 @@ def load_bzimage(mem, fd):
     """Load a bzImage: check the "HdrS" magic of its setup header, skip the
     setup sectors and read the rest (the self-decompressing 32-bit part) to
     physical 1M.  Returns (code32_start, end).  Mirrors load_bzimage() in
-    lguest.c; dies "This doesn't look like a bzImage to me" without the magic
-    and refuses an image too big for the Guest's RAM."""
+    lguest.c; dies "This doesn't look like a bzImage to me" without the magic,
+    and refuses an image too big for the Guest's RAM and one with nothing to
+    run: no payload, a payload of zeroes, or code32_start outside it."""
     try:
         header = os.pread(fd, BOOT_PARAMS_SIZE, 0)
     except OSError:
@@ -205,10 +305,28 @@ def load_bzimage(mem, fd):
     if BZIMAGE_LOAD + size > ram_size(mem):
         errx("bzImage payload (%u bytes) doesn't fit in %u MB of memory"
              % (size, ram_size(mem) >> 20))
-    if size:
-        _read_into(fd, mem.view[BZIMAGE_LOAD:BZIMAGE_LOAD + size], offset,
-                   "kernel")
-    return U32.unpack_from(header, BP_CODE32_START)[0], BZIMAGE_LOAD + size
+    if not size:
+        errx("bzImage has no payload after its %u setup sectors" % setup_sects)
+    payload = mem.view[BZIMAGE_LOAD:BZIMAGE_LOAD + size]
+    _read_into(fd, payload, offset, "kernel")
+    if _all_zero(payload):
+        errx("bzImage payload (%u bytes) is all zeros" % size)
+    entry = U32.unpack_from(header, BP_CODE32_START)[0]
+    if not BZIMAGE_LOAD <= entry < BZIMAGE_LOAD + size:
+        errx("bzImage code32_start %#x is outside its payload (%#x-%#x)"
+             % (entry, BZIMAGE_LOAD, BZIMAGE_LOAD + size))
+    return entry, BZIMAGE_LOAD + size
+
+
+def _all_zero(view, chunk=1 << 16):
+    """Whether a memoryview holds nothing but zero bytes (a real kernel shows
+    otherwise in its first chunk)."""
+    zero = bytes(chunk)
+    for at in range(0, len(view), chunk):
+        piece = view[at:at + chunk]
+        if piece != zero[:len(piece)]:
+            return False
+    return True
 
 
 def load_kernel(mem, fd):
@@ -236,9 +354,13 @@ def load_initrd(mem, name, kernel_end=0):
     fd = open_or_die(name)
     try:
         try:
-            st_size = os.fstat(fd).st_size
+            st = os.fstat(fd)
         except OSError:
             err("fstat() on initrd '%s'" % name)
+        # Its size says how much to load: a FIFO or a device has none.
+        if not stat.S_ISREG(st.st_mode):
+            errx("initrd %s is not a regular file" % name)
+        st_size = st.st_size
         length = page_align(st_size)
         if length > ram or ram - length < kernel_end:
             errx("initrd %s (%u bytes) doesn't fit in %u MB of memory"
@@ -311,6 +433,106 @@ def tell_kernel(mem, start):
     return lg
 
 
+def _memory_limited():
+    """Whether a limit could keep the Host from reserving its engines' address
+    space: ulimit -v (RLIMIT_AS), ulimit -d (RLIMIT_DATA, which counts private
+    mappings), or strict overcommit."""
+    import resource
+    for res in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+        if resource.getrlimit(res)[0] != resource.RLIM_INFINITY:
+            return True
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "2"
+    except OSError:
+        return False
+
+
+#: Address space probe_host() wants left over once the Host's engines exist:
+#: a further engine's code buffer (the Host's start-up self-test runs a
+#: scratch engine beside the Guest's; in the probe it has come and gone, and
+#: its thread found a dead thread's stack to reuse, which the Launcher won't)
+#: and 64 MiB for thread stacks and malloc.
+PROBE_HEADROOM = (1 << 30) + (64 << 20)
+
+
+def probe_host(mem, start):
+    """Make sure tell_kernel() will live through creating the Host's engines,
+    when a limit makes that doubtful.  unicorn reserves a 1 GiB code buffer
+    for each engine and, when it can't, prints a line and calls exit(1) from
+    C: no exception, no clean-up, no "lguest:" line.  So a throwaway child
+    (its address space a copy of ours) does exactly what tell_kernel() is
+    about to do; if unicorn ends it, we die saying so.  Costs a fork and an
+    engine (about 15 ms), and only under a limit."""
+    if not _memory_limited():
+        return
+    from host import LguestDev
+    from host.abi import LHREQ_INITIALIZE
+    from waker.procs import CHILDREN, restore_signals, set_pdeathsig
+
+    try:
+        r, w = os.pipe()
+    except OSError:
+        err("Creating a pipe for the Host probe")
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    parent = os.getpid()
+    try:
+        pid = os.fork()
+    except OSError:
+        err("forking")
+    if pid == 0:
+        # Not fork_child(): this is no device process (no trace ring for it,
+        # no descriptors to drop: it lives for a few milliseconds).
+        status = 3                  # a Python error: tell_kernel() will meet
+        try:                        # it too, and say it
+            set_pdeathsig()
+            if os.getppid() == parent:
+                restore_signals()
+                lgtrace.on = False          # a throwaway Host: nothing to record
+                os.dup2(w, 2)               # unicorn's last words, for our message
+                LguestDev().write((LHREQ_INITIALIZE, mem.base,
+                                   mem.guest_limit // PAGE_SIZE, start))
+                # Room left for what the real one needs beyond this (above).
+                status = 4
+                import mmap
+                mmap.mmap(-1, PROBE_HEADROOM,
+                          flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS).close()
+                status = 0
+        except BaseException:
+            pass
+        os._exit(status)
+    CHILDREN[pid] = "probe"
+    os.close(w)
+    said = b""
+    while True:
+        try:
+            data = os.read(r, 4096)
+        except InterruptedError:
+            continue
+        if not data:
+            break
+        said = (said + data)[-4096:]
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    CHILDREN.pop(pid, None)
+    code = os.waitstatus_to_exitcode(status)
+    if code in (0, 3):
+        return
+    if code == 4:
+        errx("Not enough address space for the Host: each unicorn engine "
+             "reserves 1 GiB (see ulimit -v and -d)")
+    why = [l for l in said.decode(errors="replace").splitlines() if l.strip()]
+    why = why[-1].strip() if why else (
+        "exit status %d" % code if code > 0 else
+        "killed by %s" % signal.Signals(-code).name)
+    errx("Cannot create the Guest's CPU: unicorn: %s (not enough address "
+         "space? see ulimit -v and -d)" % why)
+
+
 # --- Running the Guest --------------------------------------------------------
 
 class GuestPoweredOff(Exception):
@@ -349,6 +571,10 @@ def run_guest(lg, devices):
             except (ValueError, OSError):
                 err("Resetting break")
             continue
+        except OSError:
+            # As the C's run_guest(): any other error from read() ends us.  (Ours
+            # can be the Host's first read() making its wake-up pipes: EMFILE.)
+            err("Running guest failed")
         except GuestDied as e:
             reason = str(getattr(e, "reason", e))
             if getattr(e, "restart", False):
@@ -474,102 +700,71 @@ def parse_args(argv):
 
 # --- Leaving cleanly -----------------------------------------------------------
 #
-# Whatever way we go (the Guest dies, an error, ^C x3, SIGTERM), three things
-# must happen: the terminal gets its modes back, the children (the Waker and
-# the block I/O worker) are ended and reaped, and what we wrote reaches
-# stdout.  They die by themselves too (PDEATHSIG, EOF on their pipes), but we
-# don't leave it to chance.
+# Whatever way we go (the Guest dies, an error, ^C x3, a signal), the same
+# things happen, once, in one place (leave()): the terminal gets its modes
+# back, the children we forked (the Waker and the block I/O workers, and no
+# other process) are ended and reaped, what we wrote reaches stdout, and one
+# "lguest: ..." line goes to stderr.  The children die by themselves too
+# (PDEATHSIG, EOF on their pipes), but we don't leave it to chance.
+#
+# The fatal signals are blocked from the first line of the script (see the
+# top) and taken by a thread of our own in sigwait(): Python runs handlers
+# only in the main thread, between bytecodes, which may sit inside unicorn's
+# emu_start() for as long as the Guest runs without a hypercall, or be half
+# way through an import or through leave() itself.  A signal then can never
+# interrupt anything; it just asks for the way out.
 
-_cleanup_lock = threading.Lock()
-_cleaned = False
+#: Held by whoever is leaving: the main thread or the signal thread.  The
+#: other one, if it comes, waits for the process to end.
+_leaving = threading.Lock()
 #: What cleanup() and restart_guest() need to find: the DeviceList and
 #: the LguestDev once there are.
 _state = {}
-
-
-def reap_children(grace=0.5):
-    """Terminate and reap every child process of ours (by pid: the Waker
-    and the block workers, found with psutil): SIGTERM, then SIGKILL for
-    whoever is still there after grace seconds."""
-    import psutil
-    try:
-        kids = psutil.Process().children()
-    except psutil.Error:
-        return
-    for kid in kids:
-        try:
-            kid.terminate()
-        except psutil.Error:
-            pass
-    try:
-        _, alive = psutil.wait_procs(kids, timeout=grace)
-    except psutil.Error:
-        alive = []
-    for kid in alive:
-        try:
-            kid.kill()
-        except psutil.Error:
-            pass
-    try:
-        psutil.wait_procs(alive, timeout=grace)
-    except psutil.Error:
-        pass
+#: A fatal signal that came while the main thread was already leaving (for
+#: the restart, which must then not exec).
+_late_signal = []
 
 
 def cleanup():
-    """Restore the terminal, end the children, flush stdout.  Runs once:
-    whoever comes second (the main thread's exit path, or the signal
-    thread) waits for the first to finish, then has nothing to do."""
-    global _cleaned
-    if threading.current_thread() is threading.main_thread():
-        # We are leaving anyway: a signal now must not interrupt the
-        # cleaning up with an exception (the early handlers raise one).
-        for sig in _SIGNALS:
-            try:
-                signal.signal(sig, signal.SIG_IGN)
-            except (OSError, ValueError):
-                pass
-    if not _cleanup_lock.acquire(timeout=5):
-        return
+    """Restore the terminal, end our children, flush stdout.  Safe to call
+    more than once, from either thread, at any point of the set-up."""
+    # Imported here if need be (a signal early in the set-up): it must be
+    # there to stop a raw_term() the main thread may be about to make.
+    from devices import console
+    console.restore_term(for_good=True)
+    # Not imported yet: nothing forked yet.  (A child being forked this very
+    # moment goes with us all the same: PDEATHSIG.)
+    procs = sys.modules.get("waker.procs")
+    if procs is not None:
+        procs.end_children()
+    # The children are gone: their trace rings are complete (--trace, --stats).
     try:
-        if _cleaned:
-            return
-        _cleaned = True
-        from devices import console, net
-        console.restore_term()
-        reap_children()
-        # The children are gone: their rings are complete.
         lgtrace.finish(_state.get("devices"))
-        if VERBOSE and "devices" in _state:
-            try:
-                net.report(_state["devices"])
-            except Exception:
-                pass
+    except Exception:
+        pass
+    net = sys.modules.get("devices.net")
+    if VERBOSE and net is not None and "devices" in _state:
         try:
-            sys.stdout.flush()
-        except (OSError, ValueError):
+            net.report(_state["devices"])
+        except Exception:
             pass
-    finally:
-        _cleanup_lock.release()
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
 
 
-#: Set when the signal thread has taken over the exit: the main thread may
-#: then notice the consequences (the Waker it just ended is gone) but must
-#: neither print about them nor exit first.
-_signal_exit = threading.Event()
-
-
-def _park_if_signalled():
-    """The signal thread is ending us: wait for its _exit."""
-    if _signal_exit.is_set():
-        while True:
+def leave(msg, status):
+    """The one way out, from any thread: clean up, print "lguest: msg" (if
+    any) on stderr after the terminal is restored (so raw mode can't mangle
+    it; errx()'s output), and _exit(status).  Never returns."""
+    if not _leaving.acquire(blocking=False):
+        while True:                     # the other thread is on its way out
             time.sleep(1)
-
-
-def _die(msg, status):
-    """Leave now, from any thread: clean up, one line on stderr, _exit."""
-    _signal_exit.set()
-    cleanup()
+    try:
+        cleanup()
+    except BaseException:               # still leave, still say why
+        pass
     if msg:
         try:
             os.write(2, ("lguest: %s\n" % msg).encode(errors="replace"))
@@ -578,49 +773,52 @@ def _die(msg, status):
     os._exit(status)
 
 
-_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
-
-
 def _signal_message(sig):
     if sig == signal.SIGINT:
         return "Interrupted", 2
     return "Killed by %s" % signal.Signals(sig).name, 1
 
 
-def _early_handler(sig, frame):
-    """While we set up, the main thread runs Python code, so a plain
-    handler will do: unwind through main()'s clean exit path."""
-    msg, status = _signal_message(sig)
-    raise LauncherError(msg, status)
-
-
 def _signal_thread():
-    """Take the fatal signals in a thread of our own once the Guest runs.
-    Python runs signal handlers only in the main thread between bytecodes,
-    and the main thread may sit inside unicorn's emu_start for as long as
-    the Guest runs without a hypercall; this thread sleeps in sigwait() with
-    the GIL released, so SIGTERM always gets the terminal back.  (With the
-    console in raw mode a typed ^C reaches the Guest, not us: ISIG is off.)"""
-    sig = signal.sigwait(_SIGNALS)
-    _die(*_signal_message(sig))
+    """Wait for a fatal signal and leave with it.  (With the console in raw
+    mode a typed ^C reaches the Guest, not us: ISIG is off.)"""
+    while True:
+        try:
+            sig = signal.sigwait(_SIGNALS)
+        except InterruptedError:
+            continue
+        _late_signal.append(sig)
+        leave(*_signal_message(sig))
 
 
-def _install_early_handlers():
-    for sig in _SIGNALS:
-        signal.signal(sig, _early_handler)
-
-
-def _hand_signals_to_thread():
-    """Block the fatal signals in the main thread and start _signal_thread()
-    to take them.  Called after the last fork (the Waker) and before the
-    first read(), which starts the Host's helper thread: threads inherit
-    the mask, children would too, and they need their signals."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-    threading.Thread(target=_signal_thread, name="lguest-signals",
-                     daemon=True).start()
+def start_signal_thread():
+    """Start _signal_thread(), which takes the signals the top of the script
+    blocked (in every thread: threads and children inherit the mask, and
+    fork_child() unblocks them in the children)."""
+    if not _SIGNALS:
+        return
+    try:
+        threading.Thread(target=_signal_thread, name="lguest-signals",
+                         daemon=True).start()
+    except RuntimeError as e:
+        errx("Cannot start the signal thread: %s" % e)
 
 
 # --- main ----------------------------------------------------------------------
+
+def _imports(ns):
+    """Import everything now, before we open a single file: under a tight
+    "ulimit -n" an import in the middle of the way out could fail, and a
+    missing module is better found before any set-up than half way."""
+    import devices.block                                    # noqa: F401
+    import devices.console                                  # noqa: F401
+    import devices.net                                      # noqa: F401
+    import elftools.elf.elffile                             # noqa: F401
+    import host                                             # noqa: F401
+    import waker                                            # noqa: F401
+    if any(kind == "tunnet" for kind, _ in ns.devices):
+        import pytun                                        # noqa: F401
+
 
 def start_tracing(ns):
     """--trace and --stats (lgtrace/): before the first fork, and before the Guest
@@ -645,13 +843,15 @@ def launch(argv):
     kernel, the initrd, boot_params, tell_kernel(), the Waker, run_guest().
     Returns only by exception."""
     global VERBOSE
-    from devices import console, net
-    from devices.devpage import DeviceList
-    from devices.memory import GuestMemory
-
     ns = parse_args(argv)
     VERBOSE = ns.verbose
+    _imports(ns)
     start_tracing(ns)
+    from devices import console, net
+    from devices.block import setup_block_file
+    from devices.devpage import DeviceList
+    from devices.memory import GuestMemory
+    from waker import setup_waker
 
     # Guest memory: one shared mapping, made before any fork, so the block
     # worker and the Waker share the very same pages.  The device page is
@@ -667,7 +867,6 @@ def launch(argv):
         if kind == "tunnet":
             net.setup_tun_net(devices, arg)
         else:
-            from devices.block import setup_block_file
             setup_block_file(devices, arg, verbose=ns.verbose)
 
     verbose("Guest base is at %s\n", c_ptr(mem.base))
@@ -688,53 +887,57 @@ def launch(argv):
         initrd_size = load_initrd(mem, ns.initrd, kernel_end)
     setup_boot_params(mem, ns.args, initrd_size)
 
+    probe_host(mem, start)
     lg = tell_kernel(mem, start)
     _state["lg"] = lg
+    # Only now, with everything that can fail behind us, the raw terminal.
+    console.raw_term()
 
     # The Waker watches the input file descriptors and BREAKs us out of the
     # Guest when one is readable; without it we'd only look at input when
     # the Guest happened to NOTIFY.
-    from waker import setup_waker
     setup_waker(lg, devices)
-    _hand_signals_to_thread()
     run_guest(lg, devices)
 
 
 def main(argv=None):
     """The Launcher's top level: run launch() and turn every way it can end
-    into a clean exit: one line on stderr, the terminal restored, no child
-    left behind, the status of the module docstring.  Returns the status."""
+    into (message, status): the message for the one "lguest: " line (None
+    for none), the status of the module docstring.  The caller leaves()."""
     argv = sys.argv[1:] if argv is None else argv
-    _install_early_handlers()
-    atexit.register(cleanup)
-    status = 1
     try:
+        start_signal_thread()
         launch(argv)
     except GuestPoweredOff as e:
-        _print_death(str(e))
-        status = e.status
+        return str(e), e.status
     except GuestRestart:
         restart_guest(argv)
     except LauncherError as e:
-        status = e.status
-        _print_death(str(e))
+        return str(e), e.status
     except SystemExit as e:
         # --help exits 0; console ^C x3 exits 2 (silently, as the C).
-        status = e.code if isinstance(e.code, int) else 1
         if isinstance(e.code, str):
-            _print_death(e.code)
+            return e.code, 1
+        return None, e.code if isinstance(e.code, int) else 1
     except MemoryError:
-        _print_death("Out of memory")
+        return "Out of memory", 1
     except BrokenPipeError:
         # stdout went away (say, "| head"): print() in a device said so.
-        _print_death("Writing to stdout: Broken pipe")
+        return "Writing to stdout: Broken pipe", 1
+    except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] in REQUIREMENTS + ("pytun",):
+            return _missing_module(e.name), 1
+        return _internal_error(e), 1
     except BaseException as e:                 # a bug of ours: still one line
-        if os.environ.get("PYLGUEST_TRACEBACK"):
-            import traceback
-            traceback.print_exc()
-        _print_death("internal error: %s: %s" % (type(e).__name__, e))
-    cleanup()
-    return status
+        return _internal_error(e), 1
+    return None, 1
+
+
+def _internal_error(e):
+    if os.environ.get("PYLGUEST_TRACEBACK"):
+        import traceback
+        traceback.print_exception(e)
+    return "internal error: %s: %s" % (type(e).__name__, e)
 
 
 #: select()'s limit: the fds restart_guest() closes, as the C did.
@@ -747,48 +950,28 @@ def restart_guest(argv):
     files.  Mirrors restart_guest() of the 3.16 lguest.c: close every fd
     above stderr (ours are close-on-exec anyway, but a library's need not
     be: a leaked tap fd would keep the old interface and its address), end
-    the device processes, restore the terminal, execv().  The signals get
-    their default dispositions back: cleanup() ignored them, and an
-    ignored signal stays ignored across exec."""
+    the device processes, restore the terminal, execv().  The signal mask
+    goes back to the one we were started with; the dispositions we never
+    changed (an inherited SIG_IGN stays ignored, across exec as ever).  A
+    fatal signal that came meanwhile wins over the restart."""
+    if not _leaving.acquire(blocking=False):
+        while True:                     # the signal thread is leaving
+            time.sleep(1)
     cleanup()
     # The Host's helper thread goes first: its fds are about to close.
     if "lg" in _state:
         _state["lg"].close()
-    for sig in _SIGNALS:
-        signal.signal(sig, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    try:
-        sys.stdout.flush()
-    except (OSError, ValueError):
-        pass
+    if _late_signal:
+        _leaving.release()
+        leave(*_signal_message(_late_signal[0]))
+    signal.pthread_sigmask(signal.SIG_SETMASK, _ORIG_MASK or set())
     os.closerange(3, FD_SETSIZE)
     prog = os.path.abspath(__file__)
     try:
         os.execv(sys.executable, [sys.executable, prog] + list(argv))
     except OSError as e:
-        _print_death("Could not exec %s: %s" % (prog, e.strerror))
-        os._exit(1)
-
-
-def _print_death(msg):
-    """Print "lguest: msg" on stderr after the terminal is restored (so the
-    line isn't mangled by raw mode); mirrors errx()'s output."""
-    cleanup()
-    _park_if_signalled()
-    try:
-        sys.stderr.write("lguest: %s\n" % msg)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-
+        _leaving.release()
+        leave("Could not exec %s: %s" % (prog, e.strerror), 1)
 
 if __name__ == "__main__":
-    code = main()
-    _park_if_signalled()
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
-    # _exit: the Host may have a helper thread; nothing should keep us here.
-    os._exit(code)
+    leave(*main())

@@ -84,7 +84,7 @@ def worker_bench(path, secs):
     from devices.block import handle_io_finish, setup_block_file
     from devices.devpage import DeviceList
     from devices.memory import GuestMemory
-    from test_virtqueue import FakeLg, GuestRing
+    from conftest import FakeLg, GuestRing          # the Guest-side vring helpers
     from waker.stats import STATS
 
     mem = GuestMemory(16 << 20)

@@ -5,6 +5,9 @@
   trap delivery               ring 3 "int $0x80" -> Guest handler -> iret goal < 10 us
   NOTIFY round trip           NOTIFY -> read() returns -> read() again    goal < 25 us
   BREAK latency               a Waker process's BREAK -> read() raises EAGAIN (median, max)
+  clock event lateness        a 20 ms SET_CLOCKEVENT + HALT -> the timer interrupt wakes
+                              the Guest: how much later than asked (median, max; the
+                              tests only check it is never early)
 
 Uses the tiny assembly Guest tests/guests/bench.S, run straight on LguestDev.
 """
@@ -77,6 +80,23 @@ def break_latency(n=50):
         g.close()
 
 
+def clock_event_lateness(n=20, delay_ns=20_000_000):
+    """tests/guests/irqs.S scenario 4: arm the clock event, HALT, NOTIFY when the
+    timer interrupt wakes us.  Returns (median, max) of (elapsed - delay) in us."""
+    late = []
+    for _ in range(n):
+        g = TinyGuest("irqs", 4, (delay_ns,))
+        try:
+            assert g.read() == 1
+            t = time.monotonic_ns()
+            assert g.read() == 2
+            late.append((time.monotonic_ns() - t - delay_ns) / 1e3)
+        finally:
+            g.close()
+    late.sort()
+    return late[len(late) // 2], late[-1]
+
+
 def main():
     hc = per_op(0, N)
     sp = per_op(4, N)
@@ -89,6 +109,9 @@ def main():
     print("NOTIFY -> read() -> read() again: %.2f us (goal < 25 us)" % (nt * 1e6))
     print("BREAK from a Waker process -> read() raises EAGAIN: median %.0f us, max %.0f us"
           % (bmed, bmax))
+    cmed, cmax = clock_event_lateness()
+    print("20 ms clock event -> timer interrupt, later than asked: median %.0f us, max %.0f us"
+          % (cmed, cmax))
 
 
 if __name__ == "__main__":

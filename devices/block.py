@@ -23,7 +23,9 @@ Launcher calls add_used() here, where the C's thread did it itself.
   (USED, head, len)       request head is complete, len bytes written into
                           it: add_used() it (after the FILLED before it)
   (RESET_ACK, 0, 0)       the worker has forgotten its place in the ring
-  (DYING, status, 0)      the worker is dying and has printed why
+  (DYING, status, n)      the worker is dying with that exit status; n bytes
+    + n bytes             of its reason (at most WHY_MAX) follow, for the
+                          Launcher to say last as it dies with it
 
 Every request's data is in the file or in Guest memory before its USED
 record is written, so a Launcher killed at any moment never leaves the
@@ -39,6 +41,7 @@ Neighbouring reads in a pass are one preadv() (ReadRun).
 
 import os
 import select
+import stat
 import struct
 import threading
 import time
@@ -64,6 +67,8 @@ FILLED = 1
 USED = 2
 RESET_ACK = 3
 DYING = 4
+#: the longest reason a DYING record carries (one atomic pipe write in all)
+WHY_MAX = 1024
 #: After a pass the worker looks at the ring once more this long after it let
 #: the Guest kick again, even with no kick (see serve_ring).
 IDLE_RECHECK = 0.001
@@ -91,7 +96,8 @@ class VblkInfo:
         self.workpipe = None
         self.pid = None
         self.partial = b""        # an incomplete DONE record read so far
-        self.said_why = False     # the worker printed its last words
+        self.why = None           # the worker's last words (str), once sent
+        self.why_status = 1       # and the exit status it died with
 
 
 # --- The worker ---------------------------------------------------------
@@ -429,21 +435,29 @@ def serve_ring(vq, vblk, done_fd):
             if vq.avail_idx() == vq.last_avail_idx:
                 return
             vq.suppress_notify(True)
-    finally:
+    except LauncherError:
         # Whatever we took from the ring is answered, even on our way out
-        # (a bad request after it kills us: the Launcher dies too).
+        # (a bad request after it kills us: the Launcher dies too).  If the
+        # Launcher is gone, our reason still goes out (see io_worker).
         try:
-            run.serve()
-        finally:
-            batch.send()
+            try:
+                run.serve()
+            finally:
+                batch.send()
+        except OSError:
+            pass
+        raise
 
 
 def io_worker(vq, vblk, workpipe, done_fd):
     """The worker's main loop; mirrors io_thread() in lguest.c.  Each byte
     down workpipe is a kick (serve every request in the ring) or a reset
     (forget our place in the ring, and acknowledge).  EOF means the
-    Launcher is gone: exit quietly.  A bad Guest ends it with a one-line
-    death and a DYING record, so the Launcher knows the reason is out.
+    Launcher is gone: exit quietly.  A bad Guest ends it: the reason goes
+    to the Launcher in a DYING record, and the Launcher dies with it, as the
+    C's thread did with errx() in the Launcher's own process: so the
+    reason is the last line, after anything the Launcher printed meanwhile,
+    and is never lost to the clean-up ending us first.
 
     After a pass we wait for the next kick at most IDLE_RECHECK, then look
     at the ring once without one.  The Guest's side of the NO_NOTIFY
@@ -494,11 +508,12 @@ def io_worker(vq, vblk, workpipe, done_fd):
                 serve_ring(vq, vblk, done_fd)
                 recheck = True
     except LauncherError as e:
+        why = str(e).encode(errors="replace")[:WHY_MAX]
         try:
-            _write_all(done_fd, DONE.pack(DYING, e.status, 0))
+            _write_all(done_fd, DONE.pack(DYING, e.status, len(why)) + why)
         except OSError:
-            pass
-        raise
+            raise e from None     # nobody to tell: say it ourselves
+        os._exit(e.status)
 
 
 def _write_all(fd, data):
@@ -514,11 +529,9 @@ def _write_all(fd, data):
 # --- The Launcher's side ------------------------------------------------
 
 def _worker_gone(vblk):
-    """The done pipe hit EOF: the worker died.  If it printed why, leave
-    quietly with status 1 as the C's handle_io_finish() did (SystemExit:
-    the terminal is restored by the Launcher's exit path); else say so."""
-    if vblk.said_why:
-        raise SystemExit(1)
+    """The worker died.  If it told us why, die with that; else say so."""
+    if vblk.why is not None:
+        errx(vblk.why, vblk.why_status)
     errx("I/O worker died")
 
 
@@ -526,14 +539,24 @@ def _take_records(lg, dev, data):
     """Act on done-pipe bytes: drop unicorn's translations of what the
     worker filled, then put the finished requests in the used ring (in
     that order: see the top of this file).  Returns (requests completed,
-    resets acknowledged)."""
+    resets acknowledged).  A DYING record's reason and status are kept in
+    vblk.why and vblk.why_status."""
     vblk = dev.priv
     vq = dev.vq
     data = vblk.partial + data
-    whole = len(data) - len(data) % DONE.size
-    vblk.partial = data[whole:]
     done = resets = 0
-    for kind, a, b in DONE.iter_unpack(data[:whole]):
+    at = 0
+    while len(data) - at >= DONE.size:
+        kind, a, b = DONE.unpack_from(data, at)
+        if kind == DYING:
+            if len(data) - at - DONE.size < b:
+                break                   # the rest of it comes with the next read
+            start = at + DONE.size
+            vblk.why = data[start:start + b].decode(errors="replace")
+            vblk.why_status = a
+            at = start + b
+            continue
+        at += DONE.size
         if kind == FILLED:
             lg.drop_translations(a, b)
         elif kind == USED:
@@ -541,8 +564,7 @@ def _take_records(lg, dev, data):
             done += 1
         elif kind == RESET_ACK:
             resets += 1
-        elif kind == DYING:
-            vblk.said_why = True
+    vblk.partial = data[at:]
     if lgtrace.on: lgtrace.completed(dev, done)
     return done, resets
 
@@ -567,9 +589,8 @@ def handle_io_finish(lg, dev):
     if not data:
         _worker_gone(vblk)
     done, _ = _take_records(lg, dev, data)
-    if vblk.said_why:
-        # Its last words are printed: leave now, before another device served in
-        # this round (the console's end of input) prints anything after them.
+    if vblk.why is not None:
+        # It is dying: so are we, with its reason (nothing after it).
         _worker_gone(vblk)
     if done:
         STATS.bump("blk_done_seen", done)
@@ -651,15 +672,25 @@ def setup_block_file(devices, filename, verbose=False):
     """Give the Guest a virtio block device backed by filename; mirrors
     setup_block_file() in lguest.c (3.16's config space and features).
 
-    Opens the file read-write (err "Failed to open %s"), offers SEG_MAX and
-    FLUSH, puts capacity (512-byte sectors, u64 @0) and seg_max
+    Opens the file read-write (err "Failed to open %s"; it must be a regular
+    file or a block device: its size is found by seeking to its end), offers
+    SEG_MAX and FLUSH, puts capacity (512-byte sectors, u64 @0) and seg_max
     (VIRTQUEUE_NUM - 2, u32 @12) in the 16-byte config, and forks the I/O
     worker: this must happen before the Host exists.  Returns the Device."""
     try:
         fd = os.open(filename, os.O_RDWR)
     except OSError:
         err("Failed to open %s" % filename)
-    length = os.lseek(fd, 0, os.SEEK_END)
+    # The worker reads and writes by offset: a pipe, a FIFO or a character
+    # device has none, and the capacity is where the end is.
+    try:
+        mode = os.fstat(fd).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISBLK(mode)):
+            errx("Block file %s is not a regular file or a block device"
+                 % filename)
+        length = os.lseek(fd, 0, os.SEEK_END)
+    except OSError:
+        err("Finding the size of block file %s" % filename)
     nth = sum(1 for d in devices.devs if d.type == VIRTIO_ID_BLOCK)
     serial = ("pylguest-vd%s" % chr(ord("a") + nth % 26)).encode()
     vblk = VblkInfo(fd, length, serial, verbose)

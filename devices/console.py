@@ -15,6 +15,7 @@ import atexit
 import os
 import sys
 import termios
+import threading
 import time
 
 import lgtrace
@@ -32,15 +33,28 @@ CTRL_C_WINDOW = 1.5
 CTRL_C = 3
 
 
-def restore_term():
+#: raw_term() and restore_term() may race: the Launcher's way out can start in
+#: its signal thread while the main thread is still setting up.
+_term_lock = threading.Lock()
+#: Set by restore_term(for_good=True): we are leaving, never go raw again.
+_term_done = False
+
+
+def restore_term(for_good=False):
     """Give stdin back the terminal modes it had; mirrors restore_term() in
-    lguest.c.  Safe to call any number of times, from any exit path."""
-    if _orig_term is None:
-        return
-    try:
-        termios.tcsetattr(0, termios.TCSANOW, _orig_term)
-    except (termios.error, OSError):
-        pass
+    lguest.c.  Safe to call any number of times, from any exit path and any
+    thread; for_good (the Launcher's way out) also stops a raw_term() that
+    comes later."""
+    global _term_done
+    with _term_lock:
+        if for_good:
+            _term_done = True
+        if _orig_term is None:
+            return
+        try:
+            termios.tcsetattr(0, termios.TCSANOW, _orig_term)
+        except (termios.error, OSError):
+            pass
 
 
 class ConsoleAbort:
@@ -207,28 +221,37 @@ def _warn(msg):
         pass
 
 
-def setup_console(devices):
-    """Create the console device: stdin made raw if it is a terminal (ISIG,
-    ICANON and ECHO off, restored at exit), a receive queue whose kicks
-    re-enable stdin, and a transmit queue written to stdout.  Returns the
-    Device.  Mirrors setup_console() in lguest.c."""
+def raw_term():
+    """If stdin is a terminal, switch off ISIG, ICANON and ECHO, so every key
+    (^C included) goes to the Guest; restore_term() puts the modes back.  The
+    terminal half of setup_console() in lguest.c: we do it last, just before
+    the Guest runs, so that everything that can fail while we set up (the
+    Host's engine above all, whose allocator may exit() from C) fails with
+    the user's terminal as it was."""
     global _orig_term
-    try:
-        saved = termios.tcgetattr(0)
-    except (termios.error, OSError):
-        saved = None
-    if saved is not None:
+    with _term_lock:
+        if _term_done:
+            return
+        try:
+            saved = termios.tcgetattr(0)
+        except (termios.error, OSError):
+            return
         raw = list(saved)
         raw[3] &= ~(termios.ISIG | termios.ICANON | termios.ECHO)
         try:
             termios.tcsetattr(0, termios.TCSANOW, raw)
-            _orig_term = saved
-            # The Launcher's own exit paths call restore_term() too; this is
-            # for any path that ends through the interpreter's exit.
-            atexit.register(restore_term)
         except (termios.error, OSError):
-            pass
+            return
+        _orig_term = saved
+    # The Launcher's own exit paths call restore_term(); this is for any
+    # path that ends through the interpreter's exit.
+    atexit.register(restore_term)
 
+
+def setup_console(devices):
+    """Create the console device: a receive queue whose kicks re-enable
+    stdin, and a transmit queue written to stdout (stdin goes raw later:
+    raw_term()).  Returns the Device.  Mirrors setup_console() in lguest.c."""
     dev = devices.new_device("console", VIRTIO_ID_CONSOLE, 0,
                              handle_console_input)
     dev.priv = ConsoleAbort()

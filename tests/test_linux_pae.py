@@ -9,9 +9,8 @@ import subprocess
 
 import pytest
 
-from conftest import ROOT, assert_no_traceback, launch
-from test_linux import (LINUX, RUN_TIMEOUT, initrd, linux_args,  # noqa: F401 (a fixture)
-                        script_image, t_lines)
+from conftest import (LINUX, ROOT, RUN_TIMEOUT, assert_no_traceback, launch, linux_args,
+                      script_image, t_lines)
 
 KERNEL = LINUX / "vmlinux-pae"
 

@@ -8,43 +8,11 @@ import struct
 import pytest
 
 import launcher
+from conftest import bzimage, elf32, launch, tiny_bzimage_guest
 from devices.errors import LauncherError
 from devices.memory import GuestMemory
 
 MB = 1 << 20
-
-
-# --- building test kernels -------------------------------------------------
-
-def elf32(segments, entry, *, e_type=2, machine=3, phentsize=32, phnum=None,
-          ident_class=1):
-    """An ELF32 little-endian executable.  segments: list of (p_type,
-    p_paddr, data, memsz); each PT_LOAD's file data follows the headers.
-    The virtual address is paddr + 0xC0000000, as a kernel's is."""
-    ehsize, phsize = 52, 32
-    off = ehsize + phsize * len(segments)
-    phdrs, blobs = b"", b""
-    for p_type, paddr, data, memsz in segments:
-        phdrs += struct.pack("<IIIIIIII", p_type, off + len(blobs),
-                             paddr + 0xC0000000, paddr, len(data), memsz, 7,
-                             0x1000)
-        blobs += data
-    ident = b"\x7fELF" + bytes([ident_class, 1, 1]) + bytes(9)
-    hdr = ident + struct.pack("<HHIIIIIHHHHHH", e_type, machine, 1, entry,
-                              ehsize, 0, 0, ehsize, phentsize,
-                              len(segments) if phnum is None else phnum,
-                              40, 0, 0)
-    return hdr + phdrs + blobs
-
-
-def bzimage(payload, *, setup_sects=3, code32_start=0x100000, magic=b"HdrS"):
-    """A bzImage-shaped file: boot sector + setup sectors with the setup
-    header fields the Launcher reads, then the payload."""
-    setup = bytearray((setup_sects or 4) * 512 + 512)
-    setup[0x1F1] = setup_sects
-    setup[0x202:0x206] = magic
-    struct.pack_into("<I", setup, 0x214, code32_start)
-    return bytes(setup) + payload
 
 
 @pytest.fixture
@@ -246,9 +214,7 @@ def _tiny_bzimage_guest(code32_offset=0x10):
     code32_start it checks esi == 0 (boot_params at 0), the command line at
     0x1000 starts with "X" and hardware_subarch is 1, then makes
     LGUEST_INIT and SHUTDOWN("Power down").  Any failed check runs into
-    ud2, which kills the Guest.  Payload offsets: 0 ud2s, 0x10 the code,
-    0x100 the message, 0x2000 lguest_data (syscall_vec = 0x80, as the Host
-    insists)."""
+    ud2, which kills the Guest (conftest.tiny_bzimage_guest's layout)."""
     base = 0x100000
     code = bytearray()
 
@@ -270,33 +236,20 @@ def _tiny_bzimage_guest(code32_offset=0x10):
     code += b"\xB9" + struct.pack("<I", 1)                # mov ecx, LGUEST_SHUTDOWN_POWEROFF
     code += b"\xCD\x1F"                                   # int $0x1f
     code += b"\xEB\xFE"                                   # jmp .
-    payload = bytearray(0x3000)
-    payload[0:0x10] = b"\x0F\x0B" * 8                     # ud2 x 8
-    payload[0x10:0x10 + len(code)] = code
-    payload[0x100:0x10B] = b"Power down\0"
-    payload[0x2000 + 1388] = 0x80                         # lguest_data.syscall_vec
-    return bzimage(bytes(payload), setup_sects=2,
-                   code32_start=base + code32_offset)
-
-
-def _run(args):
-    import subprocess
-    from conftest import LAUNCHER, PYTHON, ROOT
-    return subprocess.run([PYTHON, str(LAUNCHER), *map(str, args)],
-                          stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    return tiny_bzimage_guest(bytes(code), data=b"Power down\0",
+                              code32_offset=code32_offset)
 
 
 def test_bzimage_boots_at_code32_start(tmp_path):
     (tmp_path / "bz").write_bytes(_tiny_bzimage_guest())
-    proc = _run([16, tmp_path / "bz", "X-marks-the-spot"])
+    proc = launch([16, tmp_path / "bz", "X-marks-the-spot"])
     assert "Traceback" not in proc.stderr
     assert proc.returncode == 0, proc.stderr
     assert "lguest: CRASH: Power down" in proc.stderr
     # The same image with another command line fails its own check.
-    proc = _run([16, tmp_path / "bz", "Y"])
+    proc = launch([16, tmp_path / "bz", "Y"])
     assert proc.returncode == 1 and "Power down" not in proc.stderr, proc.stderr
     # And entered anywhere but code32_start it dies on the ud2s.
     (tmp_path / "bz0").write_bytes(_tiny_bzimage_guest(code32_offset=0))
-    proc = _run([16, tmp_path / "bz0", "X"])
+    proc = launch([16, tmp_path / "bz0", "X"])
     assert proc.returncode == 1 and "Power down" not in proc.stderr, proc.stderr

@@ -11,11 +11,12 @@ import subprocess
 
 import pytest
 
-from conftest import LAUNCHER, PYTHON, ROOT
+from conftest import PYTHON, ROOT, Launcher, assert_no_traceback
+# The namespace and ICMP tools are bench/net.py's: one copy for both.
 from bench.net import NetNS, icmp_socket, net_unavailable, ping, wait_for_reply
 
 why = net_unavailable()
-pytestmark = pytest.mark.skipif(why is not None, reason=why or "")
+pytestmark = [pytest.mark.net, pytest.mark.skipif(why is not None, reason=why or "")]
 
 HOST_IP = "10.213.9.1"
 GUEST_IP = "10.213.9.2"
@@ -23,22 +24,16 @@ SERVE_SECS = 5
 
 
 def start(ns, net_arg, *guest_args, verbose=True):
-    cmd = [PYTHON, str(LAUNCHER)] + (["--verbose"] if verbose else []) + [
-        "--tunnet=%s" % net_arg, "64", "guest/guest.elf", *guest_args]
-    return subprocess.Popen(ns.argv(cmd), cwd=ROOT, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return Launcher((["--verbose"] if verbose else []) + [
+        "--tunnet=%s" % net_arg, "64", "guest/guest.elf", *guest_args],
+        prefix=ns.argv([]))
 
 
-def finish(proc, timeout=40):
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        raise AssertionError("Launcher hung:\n%s\n%s" % (out[-3000:], err))
-    assert "Traceback" not in out + err, err
-    return out, err
+def finish(run, timeout=40):
+    """(stdout, stderr) of a Launcher started by start(), once it has ended."""
+    proc = run.finish(timeout)
+    assert_no_traceback(proc)
+    return proc.stdout, proc.stderr
 
 
 def neighbour_mac(ns, ip):
@@ -161,12 +156,8 @@ def test_bad_tunnet_arguments(guest_elf, arg, message):
 
 def test_two_net_devices_in_command_line_order(guest_elf):
     with NetNS() as ns:
-        cmd = [PYTHON, str(LAUNCHER), "--verbose", "--tunnet=10.213.10.1",
-               "--tunnet=10.213.11.1", "64", "guest/guest.elf", "lgtest=hcall"]
-        proc = subprocess.Popen(ns.argv(cmd), cwd=ROOT,
-                                stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+        proc = Launcher(["--verbose", "--tunnet=10.213.10.1", "--tunnet=10.213.11.1", "64",
+                         "guest/guest.elf", "lgtest=hcall"], prefix=ns.argv([]))
         out, err = finish(proc)
     assert proc.returncode == 0, err
     assert out.index("device 0: tun net 10.213.10.1") \

@@ -2,12 +2,16 @@
 console output flowing at once.  The long run is bench/stress.py (60 s)."""
 import sys
 
+import pytest
+
 from conftest import ROOT
 
+# The run itself (Launcher, RSS sampling, counting) is the bench's: one copy.
 sys.path.insert(0, str(ROOT / "bench"))
 import stress  # noqa: E402
 
 
+@pytest.mark.slow
 def test_short_stress_run(guest_elf):
     r = stress.run(secs=8, hz=1000, chatter_ms=100, warmup=3.0)
     assert r["passed"], r["stdout"][-3000:] + r["stderr"]

@@ -118,7 +118,10 @@ def test_trace_of_our_guest_lgtest_all(run_launcher, tmp_path):
     assert per["Launcher (launcher.py)"] and per["Waker"] and per["block I/O worker (vda)"]
     assert host_hcalls(proc.stderr) == guest_hcalls(proc.stdout)
     names = collections.Counter(e.get("name") for e in events)
-    for name in ("LHCALL_LGUEST_INIT", "LHCALL_HALT", "trap 14 #PF", "int 0x80",
+    # The bench floods the Launcher's bounded buffer on a fast engine (over a million
+    # events), so its start (LHCALL_LGUEST_INIT) may be gone: the tests below pin the
+    # bound (test_trace_keeps_the_last_n_events) and the start (..._of_a_linux_boot).
+    for name in ("LHCALL_HALT", "trap 14 #PF", "int 0x80",
                  "blk read", "kick: block vda", "LHREQ_IRQ 1", "IRQ 1 delivered",
                  "BREAK", "kick -> request", "request -> LHREQ_IRQ",
                  "interrupt -> delivery"):

@@ -2,9 +2,9 @@
 vrings laid out in real Guest memory from Python, as a Guest driver would.
 
 No Host, no unicorn: a GuestMemory and a fake lg that records what the
-Launcher writes to "/dev/lguest".  GuestRing below is a tiny Guest-side
+Launcher writes to "/dev/lguest".  GuestRing (conftest) is a tiny Guest-side
 virtqueue driver (vq_add_buf / vq_get_buf in our guest's virtio.c, or
-virtqueue_add in Linux), also used by test_block.py.
+virtqueue_add in Linux).
 """
 import struct
 
@@ -19,92 +19,7 @@ from devices.errors import LauncherError
 from devices.memory import GuestMemory
 from devices.virtqueue import LHREQ_IRQ, Virtqueue
 
-
-class FakeLg:
-    """Stands in for the Host's /dev/lguest object: records writes."""
-
-    def __init__(self):
-        self.writes = []
-        self.dropped = []
-
-    def write(self, args):
-        self.writes.append(tuple(args))
-
-    def drop_translations(self, gpa, length):
-        self.dropped.append((gpa, length))
-
-    def irqs(self):
-        return [a[1] for a in self.writes if a[0] == LHREQ_IRQ]
-
-
-class GuestRing:
-    """The Guest's half of a vring in mem at vq's pfn: adds descriptor
-    chains to the avail ring and reads the used ring, like a driver."""
-
-    def __init__(self, mem, vq):
-        self.mem, self.num = mem, vq.num
-        base = vq.pfn * PAGE_SIZE
-        d, a, u = vring_offsets(vq.num)
-        self.desc, self.avail, self.used = base + d, base + a, base + u
-        self.next_free = 0
-        self.last_used = 0
-        self.bump = 0x10000            # data buffers from here up
-
-    def alloc(self, size, fill=None):
-        addr = self.bump
-        self.bump += (size + 15) & ~15
-        if fill is not None:
-            self.mem.view[addr:addr + size] = fill
-        return addr
-
-    def set_desc(self, i, addr, length, flags, nxt):
-        VRING_DESC.pack_into(self.mem.view, self.desc + 16 * i, addr, length, flags, nxt)
-
-    def avail_idx(self):
-        return self.mem.view16[(self.avail + 2) >> 1]
-
-    def set_avail_idx(self, idx):
-        # One 16-bit store, as a Guest makes: a worker process may be
-        # reading it right now (struct.pack_into would zero it first).
-        self.mem.view16[(self.avail + 2) >> 1] = idx & 0xFFFF
-
-    def set_avail_flags(self, flags):
-        struct.pack_into("<H", self.mem.view, self.avail, flags)
-
-    def offer(self, head):
-        """Put head in the avail ring and bump avail->idx."""
-        idx = self.avail_idx()
-        self.mem.view16[(self.avail + 4 + 2 * (idx % self.num)) >> 1] = head
-        self.set_avail_idx(idx + 1)
-
-    def add(self, outs, ins):
-        """Chain outs (readable) then ins (writable) [(addr, len), ...]
-        into consecutive free descriptors and offer the chain; returns head."""
-        bufs = [(a, l, 0) for a, l in outs] + [(a, l, VRING_DESC_F_WRITE) for a, l in ins]
-        head = self.next_free
-        for k, (addr, length, flags) in enumerate(bufs):
-            i = (head + k) % self.num
-            last = k == len(bufs) - 1
-            self.set_desc(i, addr, length, flags | (0 if last else VRING_DESC_F_NEXT),
-                          0 if last else (i + 1) % self.num)
-        self.next_free = (head + len(bufs)) % self.num
-        self.offer(head)
-        return head
-
-    def used_idx(self):
-        return self.mem.view16[(self.used + 2) >> 1]
-
-    def used_flags(self):
-        return struct.unpack_from("<H", self.mem.view, self.used)[0]
-
-    def get_used(self):
-        """New used elements [(id, len), ...] since the last call."""
-        out = []
-        while self.last_used != self.used_idx():
-            out.append(struct.unpack_from(
-                "<II", self.mem.view, self.used + 4 + 8 * (self.last_used % self.num)))
-            self.last_used = (self.last_used + 1) & 0xFFFF
-        return out
+from conftest import FakeLg, GuestRing
 
 
 MEM = 1 << 20
@@ -415,36 +330,83 @@ def test_property_example_count():
     assert set(_outcomes) == set(KNOWN) | {"chain", "none"}, _outcomes
 
 
-def test_used_index_never_seen_going_backwards():
-    """The block worker moves used->idx while the Guest reads it: another
-    process watching the index must only ever see it go forwards (a
-    struct.pack_into would show it dropping to 0 for an instant)."""
+def _watch_used_idx(ring, write, *, moves_wanted=5000, stop_when_backwards=False,
+                    limit=10.0):
+    """Run write(n) for n = 0, 1, 2... (the n-th write makes used->idx n + 1) in
+    this process while a forked "Guest" spins reading used->idx, until it has seen
+    the index move moves_wanted times (or go backwards, if told), or limit
+    seconds.  Returns (writes, moves seen, backward moves seen).
+
+    Both start together; on an idle machine they run side by side and this takes
+    a fraction of a second, on a loaded one they take turns and it takes longer.
+    The writer never gets more than 16384 ahead of what the watcher last saw, so
+    a jump forwards can't pass for a step back (the index is 16 bits)."""
+    import mmap
     import os
     import time
-    mem, vq, ring = make_vq(num=8)
-    r, w = os.pipe()
+    shared = mmap.mmap(-1, 8, flags=mmap.MAP_SHARED | mmap.MAP_ANONYMOUS)
+    flags = memoryview(shared).cast("H")       # [0]: done, [1]: last index seen
+    go_r, go_w = os.pipe()
+    res_r, res_w = os.pipe()
     pid = os.fork()
     if pid == 0:                       # the "Guest": watch used->idx
-        backwards = 0
-        last = 0
-        end = time.monotonic() + 0.5
-        while time.monotonic() < end:
-            x = ring.used_idx()
-            if (x - last) & 0xFFFF >= 0x8000:
-                backwards += 1
-            last = x
-        os.write(w, str(backwards).encode())
-        os._exit(0)
-    # Fewer than 0x8000 steps in all: however long the watcher is kept off
-    # the CPU (a busy machine), a step it sees backwards is a real one, not
-    # the index wrapping past half its range.
-    end = time.monotonic() + 0.5
+        try:
+            os.read(go_r, 1)
+            moves = backwards = 0
+            last = ring.used_idx()
+            end = time.monotonic() + limit
+            while moves < moves_wanted and time.monotonic() < end:
+                x = ring.used_idx()
+                if x != last:
+                    moves += 1
+                    if (x - last) & 0xFFFF >= 0x8000:
+                        backwards += 1
+                        if stop_when_backwards:
+                            break
+                    last = flags[1] = x
+            flags[0] = 1
+            os.write(res_w, b"%d %d" % (moves, backwards))
+        finally:
+            os._exit(0)
+    os.write(go_w, b"g")
     n = 0
-    while time.monotonic() < end and n < 0x7000:
-        vq.add_used(n % 8, 1)
+    end = time.monotonic() + limit + 5
+    while not flags[0] and time.monotonic() < end:
+        if (n + 1 - flags[1]) & 0xFFFF > 16384:
+            time.sleep(0)              # let the watcher catch up
+            continue
+        write(n)
         n += 1
     os.waitpid(pid, 0)
-    assert os.read(r, 100) == b"0"
-    assert n > 10000
-    os.close(r)
-    os.close(w)
+    moves, backwards = map(int, os.read(res_r, 100).split())
+    for fd in (go_r, go_w, res_r, res_w):
+        os.close(fd)
+    flags.release()
+    shared.close()
+    return n, moves, backwards
+
+
+def test_used_index_never_seen_going_backwards():
+    """The block worker moves used->idx while the Guest reads it: another
+    process watching the index must only ever see it go forwards."""
+    mem, vq, ring = make_vq(num=8)
+    n, moves, backwards = _watch_used_idx(ring, lambda n: vq.add_used(n % 8, 1))
+    assert moves >= 1000, (n, moves)   # the two really ran side by side
+    assert backwards == 0, (n, moves, backwards)
+
+
+def test_the_watcher_does_see_a_torn_used_index():
+    """The watcher above can fail: an index stored a byte at a time (low byte
+    first, a pause between) is caught going backwards at a 256th step."""
+    import time
+    mem, vq, ring = make_vq(num=8)
+    at = ring.used + 2
+
+    def torn(n):
+        idx = (n + 1) & 0xFFFF
+        mem.view[at] = idx & 0xFF
+        if idx & 0xFF == 0:
+            time.sleep(0.001)          # 0x01ff -> 0x0100 for a moment
+        mem.view[at + 1] = idx >> 8
+    n, moves, backwards = _watch_used_idx(ring, torn, stop_when_backwards=True)
+    assert backwards > 0, (n, moves)

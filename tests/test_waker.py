@@ -1,59 +1,41 @@
-"""Unit tests for waker/: the Waker's int protocol and BREAK behaviour with a
-fake breaker, and the process hygiene rules (no orphans, no stray fds).
+"""Unit tests for waker/: the Waker's int protocol and BREAK behaviour, and the
+process hygiene rules (no orphans, no stray fds).
 
-FakeBreaker stands in for the Host's BREAK channel with two pipes: a BREAK
-is a byte "B" to the test, and the Waker then blocks until the test (playing
-the Launcher's LHREQ_BREAK 0) writes a byte back, exactly as the real
-breaker.write((LHREQ_BREAK, 1)) blocks until the Launcher clears it.
+The Waker gets the Host's real BREAK channel end (host.channel.Breaker on one end
+of a socketpair); the test holds the other end and plays the Host's helper
+thread: a byte b"B" from the Waker is a BREAK, and the Waker then blocks until
+the test (playing the Launcher's LHREQ_BREAK 0) sends b"R" back, exactly as the
+Host's release_waker() does.
 """
 import os
 import select
 import signal
+import socket
 import struct
 import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import wait_child_exit
+from conftest import ROOT, gone_within, wait_child_exit
 from devices.devpage import DeviceList
 from devices.memory import GuestMemory
+from host.channel import Breaker
 from waker import (LHREQ_BREAK, children_alive, reap_children, setup_waker,
                    stop_children)
 from waker import procs
 
-ROOT = Path(__file__).resolve().parent.parent
 
+class SocketLg:
+    """An lg whose breaker() is the Host's real Breaker; .host is the other end."""
 
-class FakeBreaker:
     def __init__(self):
-        self.break_r, self.break_w = os.pipe()    # Waker -> test: "B"
-        self.clear_r, self.clear_w = os.pipe()    # test -> Waker: cleared
-        self.closed = False
-
-    def fds(self):
-        return {self.break_w, self.clear_r}
-
-    def write(self, args):
-        """In the Waker: BREAK, then wait to be cleared."""
-        assert tuple(args) == (LHREQ_BREAK, 1)
-        os.write(self.break_w, b"B")
-        return os.read(self.clear_r, 1) == b"C"
-
-    def close(self):
-        """In the Launcher, after the fork: drop the Waker's ends."""
-        os.close(self.break_w)
-        os.close(self.clear_r)
-        self.closed = True
-
-
-class FakeLg:
-    def __init__(self):
-        self.b = FakeBreaker()
+        self.host, waker_end = socket.socketpair()
+        self.b = Breaker(waker_end)
+        self.waker_end = waker_end
 
     def breaker(self):
         return self.b
@@ -65,7 +47,7 @@ class WakerRig:
         self.pipes = [os.pipe() for _ in range(nfds)]
         for k, (r, w) in enumerate(self.pipes):
             self.devices.new_device("d%d" % k, 9, r, lambda lg, dev: True)
-        self.lg = FakeLg()
+        self.lg = SocketLg()
         self.ctrl = setup_waker(self.lg, self.devices)
         self.pid = [p for p, n in procs.CHILDREN.items() if n == "waker"][-1]
 
@@ -82,17 +64,22 @@ class WakerRig:
             left = deadline - time.monotonic()
             if left <= 0:
                 return n
-            r, _, _ = select.select([self.lg.b.break_r], [], [], left)
+            r, _, _ = select.select([self.lg.host], [], [], left)
             if not r:
                 return n
-            n += len(os.read(self.lg.b.break_r, 100))
+            n += self._count(self.lg.host.recv(100))
 
     def breaks_until(self, timeout):
-        r, _, _ = select.select([self.lg.b.break_r], [], [], timeout)
-        return len(os.read(self.lg.b.break_r, 100)) if r else 0
+        r, _, _ = select.select([self.lg.host], [], [], timeout)
+        return self._count(self.lg.host.recv(100)) if r else 0
+
+    @staticmethod
+    def _count(data):
+        assert set(data) <= {ord("B")}, data
+        return len(data)
 
     def clear(self):
-        os.write(self.lg.b.clear_w, b"C")
+        self.lg.host.sendall(b"R")
 
     def send(self, value):
         os.write(self.ctrl, struct.pack("i", value))
@@ -101,11 +88,11 @@ class WakerRig:
         return wait_child_exit(self.pid, timeout, "Waker")
 
     def close(self):
-        for fd in (self.ctrl, self.lg.b.break_r, self.lg.b.clear_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        try:
+            os.close(self.ctrl)
+        except OSError:
+            pass
+        self.lg.host.close()
         for r, w in self.pipes:
             os.close(r)
             os.close(w)
@@ -121,7 +108,7 @@ def wk():
 
 
 def test_break_when_watched_fd_readable_and_wait_for_clear(wk):
-    assert wk.lg.b.closed            # the Launcher dropped its copy
+    assert wk.lg.waker_end.fileno() == -1    # the Launcher dropped its copy
     assert wk.devices.waker_fd == wk.ctrl
     assert wk.breaks(0.2) == 0       # nothing readable: no BREAK
     r0, w0 = wk.pipes[0]
@@ -188,24 +175,55 @@ def test_exit_when_launcher_gone_during_break(wk):
     r0, w0 = wk.pipes[0]
     os.write(w0, b"x")
     assert wk.breaks(2) == 1
-    os.close(wk.lg.b.clear_w)          # breaker.write() now returns False
+    wk.lg.host.close()                 # breaker.write() now returns False
     assert wk.exit_status() == 0
 
 
-def test_waker_holds_only_what_it_needs(wk):
+def waker_fds(pid, count):
+    """The Waker's open fds, once it has closed the Launcher's (it does so just
+    after the fork): wait for there to be count of them, up to 5 s."""
     deadline = time.monotonic() + 5
-    want = {0, 1, 2, wk.pipes[0][0], wk.pipes[1][0]}
     while True:
-        fds = {int(f) for f in os.listdir("/proc/%d/fd" % wk.pid)}
-        # + its control pipe and the breaker's two fds
-        if len(fds) == len(want) + 3 or time.monotonic() > deadline:
-            break
+        fds = {int(f) for f in os.listdir("/proc/%d/fd" % pid)}
+        if len(fds) == count or time.monotonic() > deadline:
+            return fds
         time.sleep(0.01)
-    assert want <= fds and len(fds) == len(want) + 3, fds
-    # The write ends of the watched pipes, the Launcher's end of the
-    # control pipe and of the BREAK channel are the Launcher's, not its.
-    for fd in (wk.pipes[0][1], wk.pipes[1][1], wk.ctrl, wk.lg.b.break_r, wk.lg.b.clear_w):
+
+
+def test_waker_holds_only_what_it_needs(wk):
+    want = {0, 1, 2, wk.pipes[0][0], wk.pipes[1][0]}
+    # + its end of the control pipe and the Breaker's one socket
+    fds = waker_fds(wk.pid, len(want) + 2)
+    assert want <= fds and len(fds) == len(want) + 2, fds
+    # The write ends of the watched pipes, the Launcher's end of the control
+    # pipe and the Host's end of the BREAK channel are not its.
+    for fd in (wk.pipes[0][1], wk.pipes[1][1], wk.ctrl, wk.lg.host.fileno()):
         assert fd not in fds
+
+
+def test_waker_of_the_real_host_holds_only_what_it_needs():
+    """The same with the Host's own LguestDev, helper thread socket and all."""
+    from host import LguestDev
+    from host.abi import LHREQ_INITIALIZE
+    mem = GuestMemory(1 << 20)
+    devices = DeviceList(mem)
+    r, w = os.pipe()
+    devices.new_device("d", 9, r, lambda lg, dev: True)
+    lg = LguestDev()
+    lg.write((LHREQ_INITIALIZE, mem.base, mem.guest_limit // 4096, 0))
+    ctrl = setup_waker(lg, devices)
+    pid = [p for p, n in procs.CHILDREN.items() if n == "waker"][-1]
+    try:
+        fds = waker_fds(pid, 6)
+        assert len(fds) == 6 and {0, 1, 2, r} <= fds, fds
+        assert w not in fds and ctrl not in fds
+        assert lg.guest.channel.host_sock.fileno() not in fds
+    finally:
+        os.close(ctrl)
+        assert wait_child_exit(pid, 5, "Waker") == 0
+        lg.close()
+        os.close(r)
+        os.close(w)
 
 
 def test_reap_and_alive_and_stop():
@@ -233,17 +251,20 @@ def test_reap_and_alive_and_stop():
 LAUNCHER_SCRIPT = textwrap.dedent("""
     import os, sys, time
     sys.path.insert(0, %(root)r)
-    sys.path.insert(0, %(tests)r)
     from devices.memory import GuestMemory
     from devices.devpage import DeviceList
     from devices.block import setup_block_file
+    from host import LguestDev
+    from host.abi import LHREQ_INITIALIZE
     from waker import setup_waker
-    from test_waker import FakeLg
     mem = GuestMemory(1 << 20)
     devices = DeviceList(mem)
     dev = setup_block_file(devices, sys.argv[1])
-    setup_waker(FakeLg(), devices)
+    lg = LguestDev()
+    lg.write((LHREQ_INITIALIZE, mem.base, mem.guest_limit // 4096, 0))
+    setup_waker(lg, devices)
     print("ready", flush=True)
+    sys.stdin.readline()
     how = sys.argv[2]
     if how == "exit":
         sys.exit(0)
@@ -253,40 +274,30 @@ LAUNCHER_SCRIPT = textwrap.dedent("""
 """)
 
 
-def _gone(pid):
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.mark.parametrize("how", ["sigkill", "sigterm", "exit", "error"])
 def test_no_orphans(tmp_path, how):
+    """A "Launcher" that just forks the block worker and the Waker and then dies,
+    any way at all: both children follow it (PDEATHSIG, EOF on their pipes)."""
     img = tmp_path / "d.img"
     img.write_bytes(bytes(65536))
     script = tmp_path / "launcher_like.py"
-    script.write_text(LAUNCHER_SCRIPT % {"root": str(ROOT), "tests": str(ROOT / "tests")})
+    script.write_text(LAUNCHER_SCRIPT % {"root": str(ROOT)})
     proc = subprocess.Popen([sys.executable, str(script), str(img), how],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline() == "ready\n"
-        kids = []
+        # Exactly Launcher + worker + Waker.
+        kids = [k.pid for k in psutil.Process(proc.pid).children(recursive=True)]
+        assert len(kids) == 2, kids
         if how in ("sigkill", "sigterm"):
-            me = psutil.Process(proc.pid)
-            kids = me.children(recursive=True)
-            # Exactly Launcher + worker + Waker.
-            assert len(kids) == 2, kids
             proc.send_signal(signal.SIGKILL if how == "sigkill" else signal.SIGTERM)
-        proc.wait(timeout=10)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not all(_gone(k.pid) for k in kids):
-            time.sleep(0.02)
-        assert all(_gone(k.pid) for k in kids)
-        # Nothing at all left behind that came from this script.
-        left = [p for p in psutil.process_iter(["cmdline"])
-                if p.info["cmdline"] and str(script) in " ".join(p.info["cmdline"])
-                and not _gone(p.pid)]
-        assert left == []
+        else:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        assert proc.wait(timeout=10) == {"sigkill": -9, "sigterm": -15, "exit": 0,
+                                         "error": 1}[how]
+        assert gone_within(kids, 5)
         assert "Traceback" not in proc.stderr.read()
     finally:
         if proc.poll() is None:

@@ -19,8 +19,8 @@ import struct
 
 import lgtrace
 from devices.errors import err
-from .procs import (CHILDREN, children_alive, fork_child, reap_children,
-                    stop_children)
+from .procs import (CHILDREN, children_alive, end_children, fork_child,
+                    reap_children, stop_children)
 from .stats import STATS
 
 try:
@@ -33,19 +33,13 @@ _INT = struct.Struct("i")
 HALT_GRACE = 0.0005
 
 __all__ = ["setup_waker", "wake_parent", "breaker_fds", "reap_children",
-           "children_alive", "stop_children", "CHILDREN"]
+           "children_alive", "end_children", "stop_children", "CHILDREN"]
 
 
 def breaker_fds(breaker):
-    """The fds the breaker needs in the Waker (a set), or None if it
-    doesn't say.  The Host's breaker may offer fds() or fileno()."""
-    fds = getattr(breaker, "fds", None)
-    if fds is not None:
-        return set(fds() if callable(fds) else fds)
-    fileno = getattr(breaker, "fileno", None)
-    if fileno is not None:
-        return {fileno() if callable(fileno) else fileno}
-    return None
+    """The fds the breaker needs in the Waker (a set): the Host's Breaker
+    holds one socket (fileno())."""
+    return {breaker.fileno()}
 
 
 def _prune_bad_fds(watched):
@@ -141,20 +135,16 @@ def setup_waker(lg, devices):
     can only watch fds that exist when it is forked).  The Waker watches
     devices.infds and holds no other fd of ours; the Launcher closes its own
     copy of the breaker here."""
-    breaker = lg.breaker()
+    try:
+        breaker = lg.breaker()
+    except OSError:
+        err("Creating the BREAK channel for the Waker")
     try:
         rfd, wfd = os.pipe()
     except OSError:
         err("Creating pipe for the Waker")
     watched = set(devices.infds)
-    keep = {rfd} | watched
-    need = breaker_fds(breaker)
-    if need is None:
-        # The breaker didn't say which fds it uses, so we can't close
-        # "everything else"; close what we know is the Launcher's alone.
-        keep = set(_open_fds()) - {wfd}
-    else:
-        keep |= need
+    keep = {rfd} | watched | breaker_fds(breaker)
     try:
         fork_child("waker", lambda: wake_parent(rfd, breaker, watched), keep)
     except OSError:
@@ -163,10 +153,3 @@ def setup_waker(lg, devices):
     breaker.close()
     devices.waker_fd = wfd
     return wfd
-
-
-def _open_fds():
-    try:
-        return [int(n) for n in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(1024))

@@ -13,7 +13,8 @@ Rules every child follows (fork_child does them, so no child forgets one):
   Launcher's end closes, and a TAP device or disk isn't kept open by an
   orphan;
 - default signal handling (a ^C or a dead pipe kills it quietly, never with
-  a Python KeyboardInterrupt traceback);
+  a Python KeyboardInterrupt traceback), none blocked, and what the
+  Launcher inherited ignored still ignored;
 - never return into the Launcher's code and never run its exit handlers or
   flush its stdio buffers: leave with os._exit().
 """
@@ -22,6 +23,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 
 import lgtrace
 from devices.errors import LauncherError, die_in_child
@@ -44,6 +46,23 @@ def set_pdeathsig(sig=signal.SIGKILL):
                    ctypes.c_ulong(0), ctypes.c_ulong(0)) != 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))
+
+
+#: Signals a child gets back in their default state, unless we inherited them
+#: ignored (nohup): SIGPIPE is in the list because Python ignores it itself.
+CHILD_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                 signal.SIGCHLD)
+
+
+def restore_signals():
+    """In a new child: default handling for CHILD_SIGNALS (an inherited
+    SIG_IGN stays) and SIGPIPE, and none of them blocked (the Launcher holds
+    its fatal signals for its signal thread; the mask is inherited)."""
+    for sig in CHILD_SIGNALS:
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, CHILD_SIGNALS + (signal.SIGPIPE,))
 
 
 def close_fds_except(keep):
@@ -87,9 +106,7 @@ def fork_child(name, body, keep_fds):
         # If the Launcher died before prctl() the signal will never come.
         if os.getppid() != parent:
             os._exit(0)
-        for sig in (signal.SIGINT, signal.SIGPIPE, signal.SIGTERM,
-                    signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
+        restore_signals()
         # A process group of our own: a signal for the Launcher's whole
         # group (^C on a cooked terminal, timeout(1), a hangup) is the
         # Launcher's to handle; if we died of it first, the Launcher would
@@ -139,12 +156,31 @@ def children_alive():
     return {name: pid for pid, name in CHILDREN.items()}
 
 
+def end_children(grace=0.5):
+    """End the children we forked, and no other process: SIGTERM each (by
+    pid, from CHILDREN), SIGKILL any still there after grace seconds, reap
+    them all.  For the Launcher's way out, where they must not outlive it; a
+    process we merely inherited (a shell's job, before it exec'd us) is not
+    ours to end."""
+    reap_children()
+    for pid in list(CHILDREN):
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while CHILDREN and time.monotonic() < deadline:
+        reap_children()
+        if CHILDREN:
+            time.sleep(0.005)
+    stop_children(timeout=0)
+
+
 def stop_children(timeout=1.0):
     """End every child we forked: they should already be leaving (their
     pipes from the Launcher are closed, or will be at exit); kill any that
     isn't gone within timeout seconds, and reap them all.  For the
     Launcher's exit paths; killing only our own pids, by pid."""
-    import time
     deadline = time.monotonic() + timeout
     while CHILDREN and time.monotonic() < deadline:
         reap_children()
