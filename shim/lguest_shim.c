@@ -515,49 +515,41 @@ ssize_t write(int fd, const void *buf, size_t count)
 	return f ? lg_write(f, buf, count) : real_write(fd, buf, count);
 }
 
-ssize_t read(int fd, void *buf, size_t count)
+/* A plain read into one buffer: if it landed in Guest memory, say so. */
+static ssize_t noted(int fd, void *buf, size_t count, ssize_t r)
 {
-	struct lgfile *f = find_file(fd);
-	ssize_t r;
-
-	if (f)
-		return lg_read(f, buf, count, 0);
-	r = real_read(fd, buf, count);
 	if (r > 0) {
 		struct iovec iov = { buf, count };
 		note_dma(&iov, 1, r, fd);
 	}
 	return r;
+}
+
+ssize_t read(int fd, void *buf, size_t count)
+{
+	struct lgfile *f = find_file(fd);
+
+	if (f)
+		return lg_read(f, buf, count, 0);
+	return noted(fd, buf, count, real_read(fd, buf, count));
 }
 
 ssize_t pread(int fd, void *buf, size_t count, off_t off)
 {
 	struct lgfile *f = find_file(fd);
-	ssize_t r;
 
 	if (f)
 		return lg_read(f, buf, count, off);
-	r = real_pread(fd, buf, count, off);
-	if (r > 0) {
-		struct iovec iov = { buf, count };
-		note_dma(&iov, 1, r, fd);
-	}
-	return r;
+	return noted(fd, buf, count, real_pread(fd, buf, count, off));
 }
 
 ssize_t pread64(int fd, void *buf, size_t count, off64_t off)
 {
 	struct lgfile *f = find_file(fd);
-	ssize_t r;
 
 	if (f)
 		return lg_read(f, buf, count, off);
-	r = real_pread64(fd, buf, count, off);
-	if (r > 0) {
-		struct iovec iov = { buf, count };
-		note_dma(&iov, 1, r, fd);
-	}
-	return r;
+	return noted(fd, buf, count, real_pread64(fd, buf, count, off));
 }
 
 ssize_t readv(int fd, const struct iovec *iov, int n)
