@@ -556,6 +556,9 @@ def run_guest(lg, devices):
     from host import GuestDied, WakerDied
     from host.abi import LHREQ_BREAK
 
+    # While the Guest is halted, the Host waits for our input fds as well as for
+    # the Waker's BREAK (an extension of ours: see LguestDev.wake_on_input).
+    lg.wake_on_input(devices.infds)
     while True:
         try:
             addr = lg.read()
@@ -568,6 +571,10 @@ def run_guest(lg, devices):
             except (ValueError, OSError):
                 err("Resetting break")
             continue
+        except OSError:
+            # As the C's run_guest(): any other error from read() ends us.  (Ours
+            # can be the Host's first read() making its wake-up pipes: EMFILE.)
+            err("Running guest failed")
         except GuestDied as e:
             reason = str(getattr(e, "reason", e))
             if getattr(e, "restart", False):
@@ -579,6 +586,14 @@ def run_guest(lg, devices):
             errx("The Waker process died: no more input for the Guest")
         verbose("Notify on address %s\n", c_hex(addr))
         devices.handle_output(lg, addr)
+        # We are out of the Guest anyway: serve whatever input is already
+        # waiting (a reply the host made to the frame we just sent, a
+        # finished disk request) rather than go back in and have the Waker
+        # BREAK us out for it.  Not in the C, where a BREAK cost a syscall;
+        # here it costs three process wake-ups.  (The Waker sends none while
+        # we are out of read(): LguestDev.wake_on_input.  One it sent just
+        # before costs an EAGAIN with nothing to do, below.)
+        devices.handle_input(lg)
 
 
 # --- The command line ---------------------------------------------------------

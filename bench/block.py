@@ -17,8 +17,6 @@ Three measurements, all on one image file (random data, page cache warm):
            path (Guest driver, NOTIFY, worker, done pipe, Waker, BREAK,
            interrupt).  It prints seq64k_mbs, seq64k_qd32_mbs, rand4k_qd1_iops and
            rand4k_qd32_iops; we add the counters from waker/stats.py.
-           Run twice: as the C does it (one done write per request), and
-           "guest-batched" (PYLGUEST_BLK_BATCH=1: one per pass over the ring).
 
 Prints one "name: key=value ..." line per measurement.
 """
@@ -159,10 +157,9 @@ class _Counter:
         self.n += 1
 
 
-def guest_bench(path, secs, timeout, batch=False):
-    """Run the Guest's blk-bench (with the worker's done records batched
-    per pass if batch); returns (figures dict, stats dict) or (None,
-    reason)."""
+def guest_bench(path, secs, timeout):
+    """Run the Guest's blk-bench; returns (figures dict, stats dict) or
+    (None, reason)."""
     launcher = os.path.join(ROOT, "launcher.py")
     guest = os.path.join(ROOT, "guest", "guest.elf")
     if not os.path.exists(os.path.join(ROOT, "host", "__init__.py")):
@@ -175,9 +172,6 @@ def guest_bench(path, secs, timeout, batch=False):
     with tempfile.NamedTemporaryFile(prefix="lgstats-", delete=False) as f:
         stats_path = f.name
     env = dict(os.environ, PYLGUEST_STATS=stats_path)
-    env.pop("PYLGUEST_BLK_BATCH", None)
-    if batch:
-        env["PYLGUEST_BLK_BATCH"] = "1"
     try:
         proc = subprocess.run(
             [sys.executable, launcher, "--block=%s" % path, "64", guest,
@@ -232,8 +226,8 @@ def main():
 
         if args.no_guest:
             return 0
-        for label, batch in (("guest", False), ("guest-batched", True)):
-            figures, stats = guest_bench(img, args.secs, args.timeout, batch)
+        for label in ("guest",):
+            figures, stats = guest_bench(img, args.secs, args.timeout)
             if figures is None:
                 print("%s: not run: %s" % (label, stats), flush=True)
                 continue

@@ -10,23 +10,41 @@ buffers, puts them in the used ring, and says so down the done pipe.  The
 Waker sees the done pipe readable and BREAKs the Guest; the Launcher's
 handle_io_finish() reads the pipe and interrupts the Guest.
 
-The done pipe carries fixed-size records (DONE, two u32s) rather than the
+The done pipe carries fixed-size records (DONE: three u32s) rather than the
 C's single byte, because of one thing the C never had to think about:
 unicorn caches translated Guest code and never notices memory another
-process writes.  So before a request's "done" record the worker lists every
-Guest buffer it filled, and the Launcher drops unicorn's translations there
-before the Guest can run code it read from disk.
+process writes.  So the worker lists every Guest buffer it filled, and the
+Launcher drops unicorn's translations there *before* it puts the request in
+the used ring: the Guest can't see a request complete (and run code it read
+from disk) while stale translations of that memory remain.  That is why the
+Launcher calls add_used() here, where the C's thread did it itself.
 
-  (gpa, len)          the worker filled Guest memory [gpa, gpa+len)
-  (0, 0)              one request is complete
-  (RESET_ACK, 0)      the worker has forgotten its place in the ring
-  (DYING, n) + n bytes  the worker is dying: why, for the Launcher to say
+  (FILLED, gpa, len)      the worker filled Guest memory [gpa, gpa+len)
+  (USED, head, len)       request head is complete, len bytes written into
+                          it: add_used() it (after the FILLED before it)
+  (RESET_ACK, 0, 0)       the worker has forgotten its place in the ring
+  (DYING, status, n)      the worker is dying with that exit status; n bytes
+    + n bytes             of its reason (at most WHY_MAX) follow, for the
+                          Launcher to say last as it dies with it
+
+Every request's data is in the file or in Guest memory before its USED
+record is written, so a Launcher killed at any moment never leaves the
+Guest believing in a write the disk has not had.
+
+Two things keep the traffic down, both as the 3.16 Launcher's device threads
+did: while the worker is awake it sets VRING_USED_F_NO_NOTIFY, so the Guest
+doesn't kick for requests it will find anyway; and it reports a pass over the
+ring in two writes (the first request at once, the rest when the ring runs
+dry), so one wake-up of the Launcher and one interrupt cover many requests.
+Neighbouring reads in a pass are one preadv() (ReadRun).
 """
 
 import os
 import select
 import stat
 import struct
+import threading
+import time
 
 import lgtrace
 from waker.procs import fork_child
@@ -44,11 +62,19 @@ from .abi import (BLK_CONFIG_LEN, BLK_CONFIG_OFF_CAPACITY,
 from .errors import LauncherError, err, errx
 
 #: one record on the done pipe (native order: both ends are this machine)
-DONE = struct.Struct("=II")
-RESET_ACK = 0xFFFFFFFE
-DYING = 0xFFFFFFFF
+DONE = struct.Struct("=III")
+FILLED = 1
+USED = 2
+RESET_ACK = 3
+DYING = 4
 #: the longest reason a DYING record carries (one atomic pipe write in all)
 WHY_MAX = 1024
+#: After a pass the worker looks at the ring once more this long after it let
+#: the Guest kick again, even with no kick (see serve_ring).
+IDLE_RECHECK = 0.001
+#: A completion waits at most about this long for the rest of its pass
+#: before the done pipe hears of it (a pass of big requests can be long).
+BATCH_SECS = 0.001
 #: bytes on the workpipe
 WORK_KICK = 0x00
 WORK_RESET = 0x52        # "R"
@@ -62,16 +88,16 @@ class VblkInfo:
     never make it longer); workpipe: our (write) end of the pipe to the
     worker; pid: the worker's; serial: what GET_ID answers (bytes)."""
 
-    def __init__(self, fd, length, serial, verbose, batch=False):
+    def __init__(self, fd, length, serial, verbose):
         self.fd = fd
         self.len = length
         self.serial = serial
         self.verbose = verbose
-        self.batch = batch        # one done write per pass (serve_ring)
         self.workpipe = None
         self.pid = None
         self.partial = b""        # an incomplete DONE record read so far
         self.why = None           # the worker's last words (str), once sent
+        self.why_status = 1       # and the exit status it died with
 
 
 # --- The worker ---------------------------------------------------------
@@ -124,7 +150,7 @@ def _filled(addrs, nbytes):
     return out
 
 
-def service_io(vq, vblk, done_fd, pending=None):
+def service_io(vq, vblk, done, run=None):
     """Serve one request from the block virtqueue, if there is one; mirrors
     service_io() in lguest.c (with the 3.16 Launcher's FLUSH and the
     GET_ID serial added).  Returns False when the ring is empty.
@@ -136,8 +162,11 @@ def service_io(vq, vblk, done_fd, pending=None):
     past end %u+%u") and never touches the file; a failing disk is not:
     the Guest gets VIRTIO_BLK_S_IOERR.
 
-    The done records go down done_fd at once, or onto the list pending
-    if one is given (see serve_ring)."""
+    done is a DoneBatch (or a done pipe fd: then the records go at once):
+    the request's FILLED ranges and its USED record go there.  The Guest
+    sees the request complete only when the Launcher has read them.  With
+    a ReadRun, a read joins it (served later with its neighbours, in ring
+    order: see ReadRun); anything else first serves the run."""
     got = vq.get_vq_desc()
     if got is None:
         return False
@@ -152,6 +181,8 @@ def service_io(vq, vblk, done_fd, pending=None):
     # Copy the header out once: the Guest could change it as we go.
     rtype, _ioprio, sector = VIRTIO_BLK_OUTHDR.unpack(iov[0])
     off = sector * SECTOR_SIZE
+    if run is not None and rtype != VIRTIO_BLK_T_IN:
+        run.serve()                 # earlier reads first: ring order
     fd = vblk.fd
     filled = []
 
@@ -163,11 +194,13 @@ def service_io(vq, vblk, done_fd, pending=None):
         except OSError:
             pass
         rtype &= ~VIRTIO_BLK_T_BARRIER
-    if lgtrace.on: lgtrace.blk_request(vq, rtype, sector, iov)
+    # (A read that joins a run is on the trace when the run serves it.)
+    if lgtrace.on and (run is None or rtype != VIRTIO_BLK_T_IN):
+        lgtrace.blk_request(vq, rtype, sector, iov)
 
     if rtype == VIRTIO_BLK_T_OUT:
         bufs = iov[1:out_num]
-        total = sum(len(b) for b in bufs)
+        total = sum(map(len, bufs))
         # The C wrote first and truncated the file back afterwards; we
         # look first, so a bad Guest can't even scribble on the last
         # sectors before it dies.
@@ -177,12 +210,20 @@ def service_io(vq, vblk, done_fd, pending=None):
             ret = os.pwritev(fd, bufs, off) if bufs else 0
         except OSError:
             ret = -1        # EIO, ENOSPC...: the Guest's problem to see
-        _say(vblk, "WRITE to sector %u: %i" % (sector, ret))
+        if vblk.verbose:
+            _say(vblk, "WRITE to sector %u: %i" % (sector, ret))
         status = VIRTIO_BLK_S_OK if ret == total else VIRTIO_BLK_S_IOERR
         wlen = VIRTIO_BLK_INHDR_SIZE
     elif rtype == VIRTIO_BLK_T_IN:
         bufs = iov[out_num:out_num + in_num - 1]
-        total = sum(len(b) for b in bufs)
+        total = sum(map(len, bufs))
+        if run is not None:
+            if bufs and off + total <= vblk.len:
+                run.add(head, off, sector, bufs, total, status_buf,
+                        addrs[out_num:out_num + in_num - 1], iov)
+                return True
+            run.serve()             # earlier reads first: ring order
+            if lgtrace.on: lgtrace.blk_request(vq, rtype, sector, iov)
         if off > vblk.len:
             ret = 0     # nothing there (and a u64 sector can overflow off_t)
         else:
@@ -190,7 +231,8 @@ def service_io(vq, vblk, done_fd, pending=None):
                 ret = os.preadv(fd, bufs, off) if bufs else 0
             except OSError:
                 ret = -1
-        _say(vblk, "READ from sector %u: %i" % (sector, ret))
+        if vblk.verbose:
+            _say(vblk, "READ from sector %u: %i" % (sector, ret))
         if ret == total:
             status = VIRTIO_BLK_S_OK
         else:           # past the end, or a failing disk
@@ -221,43 +263,190 @@ def service_io(vq, vblk, done_fd, pending=None):
 
     status_buf[0] = status
     if lgtrace.on: lgtrace.blk_status(vq, status)
-    # Used ring first, then the done record: by the time the Launcher
-    # interrupts the Guest, the Guest can see the request finished.
-    vq.add_used(head, wlen)
-    records = b"".join(DONE.pack(gpa, ln) for gpa, ln in filled)
-    records += DONE.pack(0, 0)
-    STATS.bump("blk_requests")
-    if pending is not None:
-        pending.append(records)
+    if not isinstance(done, DoneBatch):
+        batch = DoneBatch(done)
+        batch.add(filled, head, wlen)
+        batch.send()
     else:
-        _send_done(done_fd, records)
+        done.add(filled, head, wlen)
+    STATS.bump("blk_requests")
     return True
 
 
-def _send_done(done_fd, records):
-    # Count first: whoever reads the records may read the counters next.
-    STATS.bump("blk_done_writes")
-    STATS.bump("blk_done_bytes", len(records))
-    _write_all(done_fd, records)
+class DoneBatch:
+    """Completions not yet told to the Launcher: the Guest memory filled
+    (neighbouring ranges merged, across requests too) and the (head, len)
+    of each finished request, in order.  send() writes them down the done
+    pipe in one write(): ranges first, so the Launcher drops every stale
+    translation before it puts any of these requests in the used ring."""
+
+    def __init__(self, done_fd):
+        self.done_fd = done_fd
+        self.ranges = []
+        self.used = []
+        self.since = None         # time.monotonic() of the oldest completion
+
+    def add(self, filled, head, length):
+        if self.since is None:
+            self.since = time.monotonic()
+        ranges = self.ranges
+        for gpa, ln in filled:
+            if ranges and ranges[-1][0] + ranges[-1][1] == gpa:
+                ranges[-1] = (ranges[-1][0], ranges[-1][1] + ln)
+            else:
+                ranges.append((gpa, ln))
+        self.used.append((head, length))
+
+    def age(self):
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def send(self):
+        if not self.used:
+            return
+        pack = DONE.pack
+        records = b"".join([pack(FILLED, gpa, ln) for gpa, ln in self.ranges]
+                           + [pack(USED, head, ln & 0xFFFFFFFF) for head, ln in self.used])
+        # Count first: whoever reads the records may read the counters next.
+        STATS.bump("blk_done_writes")
+        STATS.bump("blk_done_bytes", len(records))
+        self.ranges = []
+        self.used = []
+        self.since = None
+        _write_all(self.done_fd, records)
+
+
+class ReadRun:
+    """Reads of neighbouring sectors, one after another in the ring, served
+    by one preadv() (the 3.16 Guest reads a block device's page cache a
+    4 KiB request at a time: 32 requests for one readahead window).  Each
+    keeps its own status, FILLED ranges and USED record, in ring order.
+    If the one preadv() comes back short or failing, each request is read
+    again on its own, so each gets exactly the status it would alone.
+
+    add() may serve what came before (not a neighbour, or the run is full);
+    serve() before anything else completes, and before the batch is sent."""
+
+    MAX_IOVECS = 256            # well under the host's IOV_MAX (1024)
+    MAX_BYTES = 1 << 20
+
+    def __init__(self, vq, vblk, done):
+        self.vq = vq
+        self.vblk = vblk
+        self.done = done
+        self.reqs = []
+        self.end = None
+        self.iovecs = 0
+        self.bytes = 0
+
+    def add(self, head, off, sector, bufs, total, status_buf, addrs, iov):
+        if self.reqs and (off != self.end or self.iovecs + len(bufs) > self.MAX_IOVECS
+                          or self.bytes + total > self.MAX_BYTES):
+            self.serve()
+        self.reqs.append((head, off, sector, bufs, total, status_buf, addrs, iov))
+        self.end = off + total
+        self.iovecs += len(bufs)
+        self.bytes += total
+
+    def serve(self):
+        reqs = self.reqs
+        if not reqs:
+            return
+        self.reqs = []
+        self.iovecs = self.bytes = 0
+        fd = self.vblk.fd
+        if len(reqs) > 1:
+            want = sum(r[4] for r in reqs)
+            try:
+                ret = os.preadv(fd, [b for r in reqs for b in r[3]], reqs[0][1])
+            except OSError:
+                ret = -1
+            if ret == want:
+                for req in reqs:
+                    self._complete(req, req[4])
+                return
+        for req in reqs:
+            # On its own: on the trace around its own preadv().
+            if lgtrace.on: lgtrace.blk_request(self.vq, VIRTIO_BLK_T_IN, req[2], req[7])
+            try:
+                ret = os.preadv(fd, req[3], req[1])
+            except OSError:
+                ret = -1
+            self._complete(req, ret, traced=True)
+
+    def _complete(self, req, ret, traced=False):
+        head, _off, sector, _bufs, total, status_buf, addrs, iov = req
+        vblk = self.vblk
+        if vblk.verbose:
+            _say(vblk, "READ from sector %u: %i" % (sector, ret))
+        status = VIRTIO_BLK_S_OK if ret == total else VIRTIO_BLK_S_IOERR
+        status_buf[0] = status
+        if lgtrace.on:
+            if not traced:
+                lgtrace.blk_request(self.vq, VIRTIO_BLK_T_IN, sector, iov)
+            lgtrace.blk_status(self.vq, status)
+        got = max(ret, 0)
+        self.done.add(_filled(addrs, got), head, VIRTIO_BLK_INHDR_SIZE + got)
+        STATS.bump("blk_requests")
+
+
+def full_barrier():
+    """A full memory barrier (x86 "mfence"): our stores are visible to the
+    other processes and threads before our next load.  Python has no word
+    for it; taking and releasing a lock does it, since CPython's locks are
+    built on locked (lock cmpxchg / xadd) instructions, which x86 orders
+    against every load and store."""
+    _BARRIER_LOCK.acquire()
+    _BARRIER_LOCK.release()
+
+
+_BARRIER_LOCK = threading.Lock()
 
 
 def serve_ring(vq, vblk, done_fd):
-    """Serve every request in the ring.  Like the C, each completion is
-    reported as soon as it is done (the Guest's first request doesn't wait
-    for its neighbours); with vblk.batch, one write reports the whole
-    pass instead (fewer Waker wake-ups, later first completion): an
-    experiment for bench/block.py, off by default."""
-    if not vblk.batch:
-        while service_io(vq, vblk, done_fd):
-            pass
-        return
-    pending = []
+    """Serve requests until the ring stays empty; the 3.16 Launcher's
+    wait_for_vq_desc() loop in its block thread, in our worker.
+
+    While we are awake the Guest is told not to kick (VRING_USED_F_NO_NOTIFY):
+    we will find what it adds.  The first completion of a pass goes down the
+    done pipe at once, the rest together when the ring runs dry (when 3.16
+    sent its interrupt), or sooner when the oldest has waited BATCH_SECS.  Before going back to sleep we let
+    the Guest kick again and look once more, for a request added while it
+    still saw the flag; the caller looks once more after IDLE_RECHECK (see
+    io_worker)."""
+    batch = DoneBatch(done_fd)
+    run = ReadRun(vq, vblk, batch)
+    vq.suppress_notify(True)
     try:
-        while service_io(vq, vblk, done_fd, pending):
+        while True:
+            first = True
+            while service_io(vq, vblk, batch, run):
+                # The first request of a pass goes at once: the Guest is likeliest
+                # to be waiting for it (a readahead window's first page, which the
+                # reader wants now; a lone synchronous read).  The rest wait for
+                # their neighbours.
+                if first or batch.age() >= BATCH_SECS:
+                    first = False
+                    run.serve()
+                    batch.send()
+            run.serve()
+            batch.send()
+            vq.suppress_notify(False)
+            full_barrier()
+            if vq.avail_idx() == vq.last_avail_idx:
+                return
+            vq.suppress_notify(True)
+    except LauncherError:
+        # Whatever we took from the ring is answered, even on our way out
+        # (a bad request after it kills us: the Launcher dies too).  If the
+        # Launcher is gone, our reason still goes out (see io_worker).
+        try:
+            try:
+                run.serve()
+            finally:
+                batch.send()
+        except OSError:
             pass
-    finally:
-        if pending:
-            _send_done(done_fd, b"".join(pending))
+        raise
 
 
 def io_worker(vq, vblk, workpipe, done_fd):
@@ -268,9 +457,32 @@ def io_worker(vq, vblk, workpipe, done_fd):
     to the Launcher in a DYING record, and the Launcher dies with it, as the
     C's thread did with errx() in the Launcher's own process: so the
     reason is the last line, after anything the Launcher printed meanwhile,
-    and is never lost to the clean-up ending us first."""
+    and is never lost to the clean-up ending us first.
+
+    After a pass we wait for the next kick at most IDLE_RECHECK, then look
+    at the ring once without one.  The Guest's side of the NO_NOTIFY
+    handshake (store avail->idx, barrier, load used->flags) runs on
+    unicorn, whose Guest barriers are no host barriers (TCG emits them only
+    for parallel vCPUs): on the host's store buffer the Guest can still read
+    our old flag just as we read its old index, and then nobody would kick.
+    That window is nanoseconds wide; a millisecond later both stores are
+    long visible, so this one look closes it.  Never after a reset: the
+    ring is the Launcher's to clear until the next kick."""
+    recheck = False
     try:
         while True:
+            if recheck:
+                recheck = False
+                try:
+                    ready, _, _ = select.select([workpipe], [], [], IDLE_RECHECK)
+                except InterruptedError:
+                    ready = [workpipe]
+                if not ready:
+                    if vq.avail_idx() != vq.last_avail_idx:
+                        STATS.bump("blk_rechecks")
+                        serve_ring(vq, vblk, done_fd)
+                        recheck = True
+                    continue
             try:
                 cmds = os.read(workpipe, 4096)
             except InterruptedError:
@@ -286,17 +498,19 @@ def io_worker(vq, vblk, workpipe, done_fd):
                         serve_ring(vq, vblk, done_fd)
                         kicked = False
                     vq.reset()
-                    _write_all(done_fd, DONE.pack(RESET_ACK, 0))
+                    _write_all(done_fd, DONE.pack(RESET_ACK, 0, 0))
+                    recheck = False
                 else:
                     STATS.bump("blk_kicks")
                     kicked = True
             # Many kicks in one read are one pass over the ring.
             if kicked:
                 serve_ring(vq, vblk, done_fd)
+                recheck = True
     except LauncherError as e:
         why = str(e).encode(errors="replace")[:WHY_MAX]
         try:
-            _write_all(done_fd, DONE.pack(DYING, len(why)) + why)
+            _write_all(done_fd, DONE.pack(DYING, e.status, len(why)) + why)
         except OSError:
             raise e from None     # nobody to tell: say it ourselves
         os._exit(e.status)
@@ -317,34 +531,39 @@ def _write_all(fd, data):
 def _worker_gone(vblk):
     """The worker died.  If it told us why, die with that; else say so."""
     if vblk.why is not None:
-        errx(vblk.why)
+        errx(vblk.why, vblk.why_status)
     errx("I/O worker died")
 
 
 def _take_records(lg, dev, data):
     """Act on done-pipe bytes: drop unicorn's translations of what the
-    worker filled; returns (requests completed, resets acknowledged).  A
-    DYING record's reason is kept in vblk.why."""
+    worker filled, then put the finished requests in the used ring (in
+    that order: see the top of this file).  Returns (requests completed,
+    resets acknowledged).  A DYING record's reason and status are kept in
+    vblk.why and vblk.why_status."""
     vblk = dev.priv
+    vq = dev.vq
     data = vblk.partial + data
     done = resets = 0
     at = 0
     while len(data) - at >= DONE.size:
-        gpa, length = DONE.unpack_from(data, at)
-        if gpa == DYING:
-            if len(data) - at - DONE.size < length:
+        kind, a, b = DONE.unpack_from(data, at)
+        if kind == DYING:
+            if len(data) - at - DONE.size < b:
                 break                   # the rest of it comes with the next read
             start = at + DONE.size
-            vblk.why = data[start:start + length].decode(errors="replace")
-            at = start + length
+            vblk.why = data[start:start + b].decode(errors="replace")
+            vblk.why_status = a
+            at = start + b
             continue
         at += DONE.size
-        if gpa == 0 and length == 0:
+        if kind == FILLED:
+            lg.drop_translations(a, b)
+        elif kind == USED:
+            vq.add_used(a, b)
             done += 1
-        elif gpa == RESET_ACK:
+        elif kind == RESET_ACK:
             resets += 1
-        else:
-            lg.drop_translations(gpa, length)
     vblk.partial = data[at:]
     if lgtrace.on: lgtrace.completed(dev, done)
     return done, resets
@@ -354,8 +573,9 @@ def handle_io_finish(lg, dev):
     """The done pipe is readable: the worker finished requests; mirrors
     handle_io_finish() in lguest.c.  Reads what is there (the C read one
     byte a time; one interrupt per batch does as well), drops unicorn's
-    stale translations, and interrupts the Guest.  EOF: the worker died
-    (see _worker_gone).  Returns True: keep watching."""
+    stale translations, puts the requests in the used ring and interrupts
+    the Guest.  EOF: the worker died (see _worker_gone).  Returns True:
+    keep watching."""
     vblk = dev.priv
     STATS.bump("blk_finish_calls")
     try:
@@ -382,8 +602,17 @@ def handle_io_finish(lg, dev):
 def handle_virtblk_output(lg, vq):
     """The Guest kicked the block queue: wake the worker; mirrors
     handle_virtblk_output() in lguest.c.  The pipe is non-blocking: if it
-    is full, the worker has plenty of kicks to read already."""
+    is full, the worker has plenty of kicks to read already.
+
+    We also tell the Guest to stop kicking (VRING_USED_F_NO_NOTIFY), which
+    the worker would do itself once awake: a process takes a while to be
+    scheduled, and every request the Guest adds meanwhile would cost
+    another NOTIFY exit for nothing.  Flag first, kick second: the worker
+    reads this kick after our store, and clears the flag only at the end
+    of the pass the kick starts, so the flag is never left up with nobody
+    coming."""
     vblk = vq.dev.priv
+    vq.suppress_notify(True)
     try:
         os.write(vblk.workpipe, bytes((WORK_KICK,)))
     except BlockingIOError:
@@ -410,8 +639,8 @@ def reset_virtblk(lg, dev):
     """The Guest reset the block device (Device.on_reset): tell the worker
     to forget its place in the ring and wait until it has, so the ring
     can be cleared under nobody's feet.  Completions that arrive meanwhile
-    still get their translations dropped; the Guest no longer wants their
-    interrupt."""
+    still get their translations dropped and go in the used ring about to
+    be cleared; the Guest no longer wants their interrupt."""
     vblk = dev.priv
     data = bytes((WORK_RESET,))
     while True:
@@ -464,9 +693,7 @@ def setup_block_file(devices, filename, verbose=False):
         err("Finding the size of block file %s" % filename)
     nth = sum(1 for d in devices.devs if d.type == VIRTIO_ID_BLOCK)
     serial = ("pylguest-vd%s" % chr(ord("a") + nth % 26)).encode()
-    # PYLGUEST_BLK_BATCH=1: the batching experiment of bench/block.py.
-    vblk = VblkInfo(fd, length, serial, verbose,
-                    batch=os.environ.get("PYLGUEST_BLK_BATCH") == "1")
+    vblk = VblkInfo(fd, length, serial, verbose)
 
     try:
         done_r, done_w = os.pipe()

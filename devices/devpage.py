@@ -336,11 +336,13 @@ class DeviceList:
         """After a BREAK: serve every watched fd that is readable, until
         none is; mirrors handle_input() in lguest.c.  A device whose
         handle_input returns False is no longer watched, and the Waker is
-        told to ignore it too (it is sent -fd-1)."""
+        told to ignore it too (it is sent -fd-1).  Returns True if any fd
+        was readable."""
+        served = False
         while True:
             fds = sorted(self.infds)
             if not fds:
-                return
+                return served
             try:
                 ready, _, _ = select.select(fds, [], [], 0)
             except InterruptedError:
@@ -348,7 +350,8 @@ class DeviceList:
             except (OSError, ValueError):
                 errx("select on device fds failed")
             if not ready:
-                return
+                return served
+            served = True
             ready = set(ready)
             for dev in self.devs:
                 if dev.handle_input is None or dev.fd not in ready \

@@ -144,6 +144,13 @@ class Virtqueue:
         self.last_addrs = addrs
         return head, iov, out_num, in_num
 
+    def suppress_notify(self, on):
+        """Tell the Guest not to kick us (on) or to kick again (off): the
+        VRING_USED_F_NO_NOTIFY flag of the used ring, one aligned store.
+        The 3.16 Launcher's device threads kept it set while awake
+        (wait_for_vq_desc()); the Guest reads it after adding buffers."""
+        self._u16[self._used_flags] = VRING_USED_F_NO_NOTIFY if on else 0
+
     def add_used(self, head, length):
         """Give buffer head back to the Guest, length bytes written into it;
         mirrors add_used() in lguest.c.  The element is stored before the

@@ -16,6 +16,7 @@ the emulation: one helper thread, which sleeps in select() on
 What it sees goes into one Events object, which the run loop takes all at once.
 """
 
+import mmap
 import os
 import select
 import socket
@@ -31,6 +32,7 @@ from .ucinternals import StopRequest
 # The thread needs the GIL quickly when the main thread is busy in Python hooks.
 SWITCH_INTERVAL = 0.0002
 RECHECK = 0.001           # a pending interrupt is looked at again within this (a "tick")
+RECHECK_FIRST = 0.0002    # ... and first this soon (Guest.recheck_interrupts)
 
 # The events, as bits of Events.bits.
 TIMER = 1                 # the clock event expired: IRQ 0
@@ -40,6 +42,12 @@ RECHECK_TICK = 8          # look at still-pending interrupts again
 # From threads other than the helper (the 3.16 protocol, host/lguest_socket.py):
 IRQS = 16                 # LHREQ_IRQ: Events.irqs says which
 FOREIGN_WRITE = 32        # Guest memory written behind the CPU's back: Events.dirty says where
+INPUT = 64                # a halted sleep saw one of the Launcher's input fds readable
+
+# Channel.state[0], for the Waker (Breaker.host_waiting)
+IN_GUEST = 0              # in read(): the Guest runs, or the Host is busy with it
+HALT_WATCHING = 1         # in read(): halted, watching the Launcher's input fds
+LAUNCHER = 2              # out of read(): the Launcher looks at its input itself
 
 
 class Events:
@@ -70,14 +78,19 @@ class Events:
     nothing new to see: a harmless re-entry.)
 
     stop is the engine's stop request: set() / clear() / is_set(), taken only at a
-    translation-block boundary (ucinternals.StopRequest).  wake is set on every raise,
-    for a halted Guest's sleep.
+    translation-block boundary (ucinternals.StopRequest).  A halted Guest's sleep is a
+    select() on the read end of a pipe (wake_fd, made by Channel.start()): a raise
+    writes a byte to it while `sleeping` is set.  The loop sets `sleeping` before its
+    last pending(), the raise stores its bits before it looks at `sleeping` (both under
+    the GIL, which orders them), so a raise is either seen by that pending() or wakes
+    the select().
     """
 
     def __init__(self, stop):
         self.stop = stop
         self.kick = None              # wakes the helper thread (Channel sets it)
-        self.wake = threading.Event()
+        self.sleeping = False
+        self.wake_fd = self._wake_w = None
         self.lock = threading.Lock()
         self.bits = 0
         self.deadline = None
@@ -92,10 +105,25 @@ class Events:
                 return
             self.bits |= bits
         self.stop.set()               # after the bits: see the class docstring
-        self.wake.set()
+        if self.sleeping:
+            self.wake_up()
         if self.kick is not None:
             self.kick()               # the helper thread minds a stop that got lost
         if lgtrace.on: lgtrace.raised(bits)
+
+    def add(self, bits):
+        """Raise bits from the run loop's own thread (what a halted sleep saw itself):
+        no stop request, no wake-up, the loop takes them next."""
+        with self.lock:
+            self.bits |= bits
+
+    def wake_up(self):
+        w = self._wake_w
+        if w is not None:
+            try:
+                os.write(w, b"w")
+            except OSError:           # full: the sleeper has wake-ups enough
+                pass
 
     def raise_irq(self, irq):
         """LHREQ_IRQ from another thread: mirrors set_interrupt() (the bit, then a kick
@@ -161,11 +189,19 @@ class Breaker:
     BREAK; returns True then, False if the Launcher has gone away.
     """
 
-    def __init__(self, sock):
+    def __init__(self, sock, state=None):
         self._sock = sock
+        self._state = state
 
     def fileno(self):
         return self._sock.fileno()
+
+    def host_waiting(self):
+        """True while readable input reaches the Launcher without a BREAK: the Guest
+        sleeps in HALT and the Host waits for the Launcher's input fds itself, or
+        read() has returned and the Launcher looks at its input before it reads again
+        (LguestDev.wake_on_input).  (A byte in memory shared with the Host.)"""
+        return self._state is not None and self._state[0] != IN_GUEST
 
     def write(self, req):
         if len(req) != 2 or req[0] != LHREQ_BREAK or req[1] != 1:
@@ -189,8 +225,13 @@ class Channel:
         self.events = Events(StopRequest(uc))
         self.recheck = None        # time.monotonic() to stop the Guest and look again
         self._thread_deadline = None   # when the sleeping thread looks next
-        self.breaks_received = 0   # thread
+        self.breaks_received = 0   # under events.lock: the thread, or a halted run loop
         self.breaks_released = 0   # main
+        self.waker_gone = False
+        # One byte the Waker can read (IN_GUEST, HALT_WATCHING or LAUNCHER): see
+        # Breaker.host_waiting.  Shared anonymous memory, made now so the Waker,
+        # forked after LHREQ_INITIALIZE, shares it.
+        self.state = mmap.mmap(-1, 1)
         self.host_sock = None
         self.waker_sock = None
         self._ctl_r = self._ctl_w = None
@@ -206,7 +247,7 @@ class Channel:
             os.register_at_fork(after_in_child=self._after_fork_in_child)
             if self._ctl_w is not None:
                 self._poke()          # the thread is already up: make it watch the socket
-        return Breaker(self.waker_sock)
+        return Breaker(self.waker_sock, self.state)
 
     def _after_fork_in_child(self):
         # A child must not keep the Host's end open: the Waker would never see EOF.
@@ -226,6 +267,10 @@ class Channel:
         self._ctl_r, self._ctl_w = os.pipe()
         os.set_blocking(self._ctl_w, False)
         self.events.kick = self._kick
+        ev = self.events
+        ev.wake_fd, ev._wake_w = os.pipe()
+        os.set_blocking(ev.wake_fd, False)
+        os.set_blocking(ev._wake_w, False)
         self._thread = threading.Thread(target=self._run, name="lguest-host", daemon=True)
         self._thread.start()
 
@@ -235,13 +280,15 @@ class Channel:
             self._poke()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(1.0)
-        for fd in (self._ctl_r, self._ctl_w):
+        ev = self.events
+        for fd in (self._ctl_r, self._ctl_w, ev.wake_fd, ev._wake_w):
             if fd is not None:
                 try:
                     os.close(fd)
                 except OSError:
                     pass
         self._ctl_r = self._ctl_w = None
+        ev.wake_fd = ev._wake_w = None
         for s in (self.host_sock, self.waker_sock):
             if s is not None:
                 s.close()
@@ -299,9 +346,77 @@ class Channel:
         run_guest() return -ERESTARTSYS, a BREAK makes the run loop return EAGAIN."""
         self.events.raise_(BREAK)
 
+    def wait_halted(self, timeout, input_fds=()):
+        """A halted Guest's sleep (core.Guest.sleep): block until a raise wakes us, the
+        Waker's BREAK arrives, one of input_fds (the Launcher's, see
+        LguestDev.wake_on_input) is readable, or timeout seconds (None: no limit) pass.
+
+        The BREAK channel is watched here too, not only by the helper thread: the Waker's
+        byte then wakes this thread at once instead of waking the helper, which would
+        wake us (two scheduler hops where the real Host's BREAK write woke the sleeping
+        Launcher directly).  Whoever of us reads the byte first raises BREAK; the other
+        finds the socket empty."""
+        ev = self.events
+        fds = [ev.wake_fd]
+        sock = self.host_sock
+        if sock is not None and not self.waker_gone:
+            fds.append(sock)
+        fds.extend(input_fds)
+        if input_fds:
+            self.state[0] = HALT_WATCHING
+        try:
+            r, _, _ = select.select(fds, [], [], timeout)
+        except InterruptedError:
+            r = []
+        except (OSError, ValueError):
+            r = []
+            if timeout:
+                time.sleep(min(timeout, RECHECK))
+        finally:
+            self.state[0] = IN_GUEST
+        if ev.wake_fd in r:
+            try:
+                os.read(ev.wake_fd, 4096)
+            except OSError:
+                pass
+        if sock is not None and sock in r:
+            ev.add(self._take_breaks(sock))
+        if len(r) > (ev.wake_fd in r) + (sock in r):
+            ev.add(INPUT)
+
+    def _take_breaks(self, sock):
+        """Read the Waker's BREAK bytes, if any are still there: BREAK, WAKER_GONE at
+        end of file, or 0 (someone else read them)."""
+        try:
+            data = sock.recv(64, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return 0
+        except OSError:
+            data = b""
+        if not data:
+            self.waker_gone = True
+            return WAKER_GONE
+        with self.events.lock:
+            self.breaks_received += len(data)
+        return BREAK
+
     def release_waker(self):
-        """LHREQ_BREAK, 0: let every blocked BREAK writer go."""
-        n = self.breaks_received - self.breaks_released
+        """LHREQ_BREAK, 0: let every blocked BREAK writer go.
+
+        In Linux the Waker's write set break_out at once, so the Launcher's BREAK 0
+        cleared every BREAK written before it.  Here a BREAK travels as a byte the
+        helper thread may not have read yet: take those bytes now and forget the
+        event, so a BREAK for input the Launcher has already served (it looks at input
+        whenever it is out of the Guest) costs the Guest no stop.  The Waker, released,
+        looks again and BREAKs anew for anything still unread."""
+        ev = self.events
+        sock = self.host_sock
+        if sock is not None and not self.waker_gone:
+            if self._take_breaks(sock) == WAKER_GONE:
+                ev.add(WAKER_GONE)
+        with ev.lock:
+            ev.bits &= ~BREAK
+            n = self.breaks_received - self.breaks_released
         if n > 0 and self.host_sock is not None:
             self.breaks_released += n
             try:
@@ -312,11 +427,10 @@ class Channel:
     # --- the thread ------------------------------------------------------------------
     def _run(self):
         ev = self.events
-        waker_gone = False
         while not self._closing:
             # breaker() may come after the first read(): look for the socket each time.
             fds = [self._ctl_r]
-            if self.host_sock is not None and not waker_gone:
+            if self.host_sock is not None and not self.waker_gone:
                 fds.append(self.host_sock)
             with ev.lock:
                 dl = ev.deadline
@@ -343,16 +457,7 @@ class Channel:
                 except OSError:
                     pass
             if self.host_sock is not None and self.host_sock in r:
-                try:
-                    data = self.host_sock.recv(64)
-                except OSError:
-                    data = b""
-                if data:
-                    self.breaks_received += len(data)
-                    bits |= BREAK
-                else:
-                    waker_gone = True
-                    bits |= WAKER_GONE
+                bits |= self._take_breaks(self.host_sock)
             with ev.lock:
                 if self.recheck is not None and time.monotonic() >= self.recheck:
                     self.recheck = None

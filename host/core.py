@@ -21,13 +21,15 @@ import ctypes
 import errno
 import os
 import struct
+import time
 
 import lgtrace
 
 from . import hypercalls, page_tables, segments, x86_core
 from . import interrupts_and_traps as it
 from .abi import GUEST_PL, IDT_ENTRIES, LGUEST_IRQS, PAGE_SIZE, X86_CR0_TS, X86_CR4_PSE
-from .channel import BREAK, FOREIGN_WRITE, IRQS, TIMER, WAKER_GONE, Channel
+from .channel import (BREAK, FOREIGN_WRITE, INPUT, IRQS, RECHECK, RECHECK_FIRST, TIMER,
+                      WAKER_GONE, Channel)
 from .cpu import HOST_CR4, HostPages, make_engine, setup_regs
 from .tsc import TscRate
 from .x86_core import Exit
@@ -95,6 +97,9 @@ class Guest:
         self.halted = False
         self.irqs_pending = 0         # bitmap of LGUEST_IRQS
         self.break_out = False        # LHREQ_BREAK 1, until LHREQ_BREAK 0
+        self.input_fds = ()           # LguestDev.wake_on_input(): watched while halted
+        self.break_input = False      # the last EAGAIN was for INPUT, with no BREAK
+        self.irq_wait_since = None    # when a still-pending interrupt was first not taken
 
         # --- the helper thread (the hrtimer, break_guest_out) and the engine's exits ---
         self.channel = Channel(self.uc)
@@ -211,8 +216,11 @@ class Guest:
                 it.set_interrupt(self, 0)
             if ev & IRQS:
                 self.irqs_pending |= self.events.take_irqs()
-            if ev & BREAK:
+            if ev & (BREAK | INPUT):
+                # INPUT: what the Waker would have BREAKed us for, seen by a halted
+                # sleep first.  The Launcher serves it and clears the BREAK as ever.
                 self.break_out = True
+                self.break_input = not ev & BREAK     # (says the trace)
             if self.break_out:
                 raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
             if ev & WAKER_GONE:
@@ -264,7 +272,9 @@ class Guest:
             if self.dead is not None:
                 return Exit.DEATH
             if self.irqs_pending:
-                self.channel.request_recheck()
+                self.recheck_interrupts()
+            else:
+                self.irq_wait_since = None
         if self.halted:                               # 5.
             return Exit.HALT
         if self.gdt_changed:
@@ -273,13 +283,38 @@ class Guest:
                 return Exit.DEATH
         return None
 
+    def recheck_interrupts(self):
+        """An interrupt is still pending after a try (interrupts off, its line blocked,
+        the iret window, or one delivered and another waiting): have the helper thread
+        stop the Guest soon to try again.
+
+        Nothing else may tell us in time.  3.16's lg_irq_enable() ("sti") tests
+        irq_pending against $0, never true, so only lg_restore_fl() asks for a pending
+        interrupt with SEND_INTERRUPTS; an iret or an unmasked line asks nothing.  The
+        real Host noticed at its next exit or host timer tick.  We look again after
+        RECHECK_FIRST, and back off to RECHECK while the interrupt keeps waiting (a
+        masked line may stay masked a long time)."""
+        now = time.monotonic()
+        since = self.irq_wait_since
+        if since is None:
+            since = self.irq_wait_since = now
+        self.channel.request_recheck(min(RECHECK, max(RECHECK_FIRST, now - since)))
+
     def sleep(self):
         """HALT: sleep until an interrupt we can deliver or an event (the clock, BREAK,
-        the Waker gone) arrives; the helper thread sets events.wake.  No busy loop."""
+        the Waker gone, the Launcher's input) arrives.  No busy loop: we sleep in
+        select() on the helper thread's wake-up pipe, the Waker's BREAK channel itself
+        and the Launcher's input fds, until the clock event's deadline
+        (Channel.wait_halted)."""
         ev = self.events
-        ev.wake.clear()                               # set_current_state(INTERRUPTIBLE)
-        if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
-            ev.wake.wait()                            # schedule()
+        ev.sleeping = True                            # set_current_state(INTERRUPTIBLE)
+        try:
+            if not ev.pending() and it.interrupt_pending(self)[0] >= LGUEST_IRQS:
+                dl = ev.deadline
+                timeout = None if dl is None else max(0.0, dl - time.monotonic())
+                self.channel.wait_halted(timeout, self.input_fds)    # schedule()
+        finally:
+            ev.sleeping = False
         # The Guest's clock is lguest_data.time: freshen it after a sleep.
         it.write_timestamp(self)
 

@@ -25,6 +25,7 @@ import lgtrace
 
 from .abi import (LGUEST_IRQS, LHREQ_BREAK, LHREQ_EVENTFD, LHREQ_INITIALIZE, LHREQ_IRQ,
                   PAGE_SIZE)
+from .channel import IN_GUEST, LAUNCHER
 from .core import Guest, GuestDied
 from .cpu import HOST_PHYS
 
@@ -101,9 +102,36 @@ class LguestDev:
             raise GuestDied(g.dead, g.poweroff, g.restart)
         # If we returned last time because the Guest sent I/O, that is done now.
         g.pending_notify = 0
-        g.channel.start()
-        if lgtrace.on: return lgtrace.read(g)       # in a span on the trace
-        return g.run_guest()
+        ch = g.channel
+        ch.start()
+        ch.state[0] = IN_GUEST
+        try:
+            if lgtrace.on:
+                return lgtrace.read(g)      # in a span on the trace
+            return g.run_guest()
+        finally:
+            if g.input_fds:
+                ch.state[0] = LAUNCHER     # it looks at its input before reading again
+
+    def wake_on_input(self, fds):
+        """API extension, not in lguest: while the Guest is halted, read() also returns
+        EAGAIN (as after a BREAK) when one of fds is readable.  fds is the Launcher's
+        own live set of input fds (DeviceList.infds), looked at on every halt.
+
+        The Waker exists because the Launcher can't watch its fds from inside read().
+        But while the Guest sleeps in HALT, the Host is only waiting, and can wait for
+        the Launcher's input as well: a disk request finished or a frame arriving then
+        wakes the Launcher in one step, not three (Waker, BREAK, Host).  The Waker
+        still watches while the Guest runs, and sends no BREAK for input the Launcher
+        has served (waker/).
+
+        In return the Launcher promises to look at its input fds itself after every
+        read() that returns, before it reads again (launcher.py does, after a NOTIFY
+        as after a BREAK): while it is out of read() too, the Waker sends no BREAK
+        (Breaker.host_waiting)."""
+        if self.guest is None:
+            raise ValueError("LHREQ_INITIALIZE first (EINVAL)")
+        self.guest.input_fds = fds
 
     def breaker(self):
         """The Waker's handle for LHREQ_BREAK (call after INITIALIZE, before the fork)."""

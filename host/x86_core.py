@@ -57,7 +57,9 @@ def run_once(cpu):
     if cpu.irqs_pending:
         # Still waiting (interrupts off, blocked, or one at a time): look again soon
         # even if the Guest makes no hypercall, as a host tick would have.
-        cpu.channel.request_recheck()
+        cpu.recheck_interrupts()
+    else:
+        cpu.irq_wait_since = None
     # Lower the stop request before the last look at the events (see Events).
     ev.stop.clear()
     if ev.pending():

@@ -22,7 +22,7 @@ ring's entries, interrupts and events taken are instants inside them.
 import lgtrace
 from host.abi import (GUEST_PL, LD_IRQ_ENABLED, LGUEST_IRQS, LGUEST_TRAP_ENTRY,
                       LHCALL_NOTIFY, X86_EFLAGS_IF)
-from host.channel import BREAK, FOREIGN_WRITE, IRQS, RECHECK_TICK, TIMER, WAKER_GONE
+from host.channel import BREAK, FOREIGN_WRITE, INPUT, IRQS, RECHECK_TICK, TIMER, WAKER_GONE
 
 from . import record
 from .record import VCPU_TID, now
@@ -47,7 +47,7 @@ _EVENT_CODES = ((BREAK, STOP_BREAK), (IRQS, STOP_IRQS), (TIMER, STOP_TIMER),
                 (WAKER_GONE, STOP_WAKER_GONE))
 EVENT_BITS = ((TIMER, "TIMER"), (BREAK, "BREAK"), (WAKER_GONE, "WAKER_GONE"),
               (RECHECK_TICK, "RECHECK_TICK"), (IRQS, "IRQS"),
-              (FOREIGN_WRITE, "FOREIGN_WRITE"))
+              (FOREIGN_WRITE, "FOREIGN_WRITE"), (INPUT, "INPUT"))
 
 # --- names -----------------------------------------------------------------------------
 #: LHCALL_* by number, with the names of their arguments (asm/lguest_hcall.h, 3.16).
@@ -319,7 +319,7 @@ def read(guest):
         result = guest.run_guest()
         return result
     except BlockingIOError:
-        result = "EAGAIN"
+        result = "EAGAIN INPUT" if guest.break_input else "EAGAIN"
         raise
     except BaseException as e:
         result = "%s: %s" % (type(e).__name__, getattr(e, "reason", e))

@@ -202,6 +202,8 @@ def _launcher(tr, run, events, names, anchors, lists):
                 res = "NOTIFY %#x: %s" % (res, names.notify(res))
             elif res == "EAGAIN":
                 res = "EAGAIN: a BREAK (the Waker saw input)"
+            elif res == "EAGAIN INPUT":
+                res = "EAGAIN: input the halted Host saw itself (no BREAK)"
             tr.add(lpid, ev[2], ts, "E", args={"returned": res})
         elif what == "kick":
             _, _, tid, irq, seq, dur = ev

@@ -29,6 +29,8 @@ except ImportError:             # host/ not written yet: the Linux 3.16 value
     LHREQ_BREAK = 3
 
 _INT = struct.Struct("i")
+#: how long we leave readable input to a Launcher that will see it anyway (seconds)
+HALT_GRACE = 0.0005
 
 __all__ = ["setup_waker", "wake_parent", "breaker_fds", "reap_children",
            "children_alive", "end_children", "stop_children", "CHILDREN"]
@@ -90,6 +92,30 @@ def wake_parent(pipefd, breaker, watched):
             pending = pending[whole:]
             continue
 
+        # We may have been slow to run: if the Launcher has already served
+        # what woke us (it looks at input whenever it is out of the Guest),
+        # a BREAK would only stop the Guest for nothing.
+        try:
+            still, _, _ = select.select(ready, [], [], 0)
+        except (InterruptedError, OSError, ValueError):
+            still = True
+        if not still:
+            STATS.bump("breaks_skipped")
+            continue
+        # The Guest may be asleep in HALT with the Host waiting for this very
+        # input, or the Launcher out of the Guest and about to look at its
+        # input itself (LguestDev.wake_on_input): it is on its way to the
+        # Launcher already, and a BREAK would only cost a stop to clear.  Look
+        # again in a moment (sooner if the Launcher writes to us): served, or
+        # still there with the Guest running again, and then we BREAK as ever.
+        waiting = getattr(breaker, "host_waiting", None)
+        if waiting is not None and waiting():
+            STATS.bump("breaks_deferred")
+            try:
+                select.select([pipefd], [], [], HALT_GRACE)
+            except (InterruptedError, OSError, ValueError):
+                pass
+            continue
         STATS.bump("breaks")
         if lgtrace.on: lgtrace.waker_break(set(ready) - {pipefd})
         try:

@@ -22,6 +22,9 @@ SLOTS = (
     "blk_finish_calls", # Launcher: handle_io_finish() calls
     "blk_irqs",         # Launcher: block interrupts triggered
     "blk_done_seen",    # Launcher: completions read from the done pipe
+    "blk_rechecks",     # worker: passes the idle recheck started, no kick
+    "breaks_skipped",   # Waker: woken, but the Launcher had served it already
+    "breaks_deferred",  # Waker: woken while the Host waited in HALT for that input
 )
 _Q = struct.Struct("<Q")
 SIZE = _Q.size * len(SLOTS)
