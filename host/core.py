@@ -35,6 +35,7 @@ from .tsc import TscRate
 from .x86_core import Exit
 
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 _EVENTFD_ONE = (1).to_bytes(8, "little")    # eventfd_signal(ctx, 1)
 
 
@@ -132,6 +133,20 @@ class Guest:
 
     def write_u32(self, addr, val):
         _U32.pack_into(self.mem, addr, val & 0xFFFFFFFF)
+
+    # The same for the 64-bit entries of PAE page tables (page_tables.py).
+    def u64_at(self, addr):
+        return _U64.unpack_from(self.mem, addr)[0]
+
+    def read_u64(self, addr):
+        """lgread(pgd_t / pmd_t / pte_t) under PAE: kills "bad read address" (returns 0)."""
+        if 0 <= addr and addr + 8 <= self.mem_limit:
+            return _U64.unpack_from(self.mem, addr)[0]
+        self.kill_guest("bad read address %#x len %u" % (addr & 0xFFFFFFFF, 8))
+        return 0
+
+    def write_u64(self, addr, val):
+        _U64.pack_into(self.mem, addr, val)
 
     def lgwrite_u32(self, addr, val):
         """lgwrite(u32): kills "bad write address %#lx len %u" if out of range."""

@@ -37,7 +37,6 @@ from .abi import (_PAGE_PRESENT, _PAGE_PSE, _PAGE_RW, _PAGE_TABLE, PAGE_SIZE, PG
                   SWITCHER_PMD_INDEX, X86_CR4_PAE, X86_CR4_PSE)
 from .cpu import enable_nx
 
-_U64 = struct.Struct("<Q")
 _PMD_PAGE = struct.Struct("<%dQ" % PTRS_PER_PMD)
 
 # One mask finds the frame in both kinds of entry: a non-PAE entry is below 2**32.
@@ -47,24 +46,8 @@ PFN_MASK = PTE_PFN_MASK_PAE
 _PDPTE_RESERVED = 0x1E6 | ~(PTE_PFN_MASK_PAE | 0xFFF) & 0xFFFFFFFFFFFFFFFF
 
 
-def _u64(cpu, addr):
-    return _U64.unpack_from(cpu.mem, addr)[0]
-
-
-def _read_u64(cpu, addr):
-    """lgread(pgd_t / pmd_t / pte_t) under PAE: kills "bad read address" (returns 0)."""
-    if 0 <= addr and addr + 8 <= cpu.mem_limit:
-        return _U64.unpack_from(cpu.mem, addr)[0]
-    cpu.kill_guest("bad read address %#x len %u" % (addr & 0xFFFFFFFF, 8))
-    return 0
-
-
-def _write_u64(cpu, addr, val):
-    _U64.pack_into(cpu.mem, addr, val)
-
-
 def flush_tlb(cpu):
-    """Throw away every cached translation (unicorn has no per-page flush)."""
+    """Throw away every cached translation (LHCALL_FLUSH_TLB, a new page table)."""
     cpu.tlb_flush()
 
 
@@ -80,11 +63,11 @@ def guest_pa(cpu, vaddr):
     if cpu.linear_pages:
         return vaddr
     if cpu.pae:
-        pgd = _read_u64(cpu, cpu.pgdir + (vaddr >> PGDIR_SHIFT_PAE) * 8)
+        pgd = cpu.read_u64(cpu.pgdir + (vaddr >> PGDIR_SHIFT_PAE) * 8)
         if pgd & _PAGE_PRESENT:
-            pmd = _read_u64(cpu, (pgd & PFN_MASK) + ((vaddr >> PMD_SHIFT) & 511) * 8)
+            pmd = cpu.read_u64((pgd & PFN_MASK) + ((vaddr >> PMD_SHIFT) & 511) * 8)
             if pmd & _PAGE_PRESENT:
-                pte = _read_u64(cpu, (pmd & PFN_MASK) + ((vaddr >> 12) & 511) * 8)
+                pte = cpu.read_u64((pmd & PFN_MASK) + ((vaddr >> 12) & 511) * 8)
                 if pte & _PAGE_PRESENT:
                     return (pte & PFN_MASK) | (vaddr & 0xFFF)
         cpu.kill_guest("Bad address %#x" % vaddr)
@@ -112,19 +95,19 @@ def lookup_pte(cpu, vaddr):
         pgdaddr = cpu.pgdir + (vaddr >> PGDIR_SHIFT_PAE) * 8
         if not cpu.address_ok(pgdaddr, 8):
             return None
-        pgd = _u64(cpu, pgdaddr)
+        pgd = cpu.u64_at(pgdaddr)
         if not pgd & _PAGE_PRESENT:
             return (0, 0)
         pmdaddr = (pgd & PFN_MASK) + ((vaddr >> PMD_SHIFT) & 511) * 8
         if not cpu.address_ok(pmdaddr, 8):
             return (0, 0)
-        pmd = _u64(cpu, pmdaddr)
+        pmd = cpu.u64_at(pmdaddr)
         if not pmd & _PAGE_PRESENT:
             return (pmd, 0)
         pteaddr = (pmd & PFN_MASK) + ((vaddr >> 12) & 511) * 8
         if not cpu.address_ok(pteaddr, 8):
             return (pmd, 0)
-        return (pmd, _u64(cpu, pteaddr))
+        return (pmd, cpu.u64_at(pteaddr))
     pgdaddr = cpu.pgdir + (vaddr >> 22) * 4
     if not cpu.address_ok(pgdaddr, 4):
         return None
@@ -183,7 +166,7 @@ def _looks_like_pdpt(cpu, top):
         return False
     present = False
     for i in range(PTRS_PER_PGD_PAE):
-        e = _u64(cpu, top + 8 * i)
+        e = cpu.u64_at(top + 8 * i)
         if e & _PAGE_PRESENT:
             if e & _PDPTE_RESERVED:
                 return False
@@ -216,13 +199,13 @@ def check_fault(cpu, vaddr):
     if cpu.linear_pages or vaddr >= SWITCHER_ADDR:
         return True               # the Host's own slot: a plain fault for the Guest
     if cpu.pae:
-        pgd = _read_u64(cpu, cpu.pgdir + (vaddr >> PGDIR_SHIFT_PAE) * 8)
+        pgd = cpu.read_u64(cpu.pgdir + (vaddr >> PGDIR_SHIFT_PAE) * 8)
         if not pgd & _PAGE_PRESENT or pgd == cpu.host.lent_pgd:
             return cpu.dead is None
         if not _gpgd_ok(cpu, pgd):
             cpu.kill_guest("bad page directory entry")
             return False
-        pmd = _u64(cpu, (pgd & PFN_MASK) + ((vaddr >> PMD_SHIFT) & 511) * 8)
+        pmd = cpu.u64_at((pgd & PFN_MASK) + ((vaddr >> PMD_SHIFT) & 511) * 8)
         if pmd & _PAGE_PRESENT and not _gpmd_ok(cpu, pmd):
             cpu.kill_guest("bad page middle directory entry")
             return False
@@ -251,7 +234,7 @@ def bad_entry_reason(cpu, paddr):
         return "bad page table entry"
     host = cpu.host
     for i in range(PTRS_PER_PGD_PAE):
-        pgd = _u64(cpu, top + 8 * i)
+        pgd = cpu.u64_at(top + 8 * i)
         if not pgd & _PAGE_PRESENT or pgd == host.lent_pgd:
             continue
         base = pgd & PFN_MASK
@@ -302,9 +285,9 @@ def _install_switcher_pae(cpu, top):
     if not cpu.address_ok(slot, 8):
         return False
     host = cpu.host
-    pgd = _u64(cpu, slot)
+    pgd = cpu.u64_at(slot)
     if not pgd & _PAGE_PRESENT:
-        _write_u64(cpu, slot, host.lent_pgd)
+        cpu.write_u64(slot, host.lent_pgd)
         return True
     if pgd == host.lent_pgd:
         return False
@@ -313,8 +296,8 @@ def _install_switcher_pae(cpu, top):
         return False              # a bad entry: the Guest dies of it when it uses it
     changed = False
     for i, want in enumerate(host.switcher_pmds):
-        if _u64(cpu, pmds + 8 * i) != want:
-            _write_u64(cpu, pmds + 8 * i, want)
+        if cpu.u64_at(pmds + 8 * i) != want:
+            cpu.write_u64(pmds + 8 * i, want)
             changed = True
     return changed
 
@@ -397,7 +380,7 @@ def _new_pagetable_pae(cpu, pgtable):
         # The real Host checked each entry as it first shadowed through it; without
         # shadows a new pgd is where we first see them (and there are only four).
         for i in range(PTRS_PER_PGD_PAE):
-            pgd = _u64(cpu, top + 8 * i)
+            pgd = cpu.u64_at(top + 8 * i)
             if pgd & _PAGE_PRESENT and not _gpgd_ok(cpu, pgd):
                 cpu.kill_guest("bad page directory entry")
                 return
@@ -440,7 +423,7 @@ def _set_pgd_pae(cpu, gpgdir, idx):
     if idx < PTRS_PER_PGD_PAE and cpu.address_ok(slot, 8):
         # The real Host met this entry at the Guest's next fault through it; we see
         # it now, and may not see it again (the CPU walks it without asking us).
-        pgd = _u64(cpu, slot)
+        pgd = cpu.u64_at(slot)
         if pgd & _PAGE_PRESENT and not _gpgd_ok(cpu, pgd):
             cpu.kill_guest("bad page directory entry")
             return
@@ -466,7 +449,7 @@ def guest_set_pmd(cpu, pmdp, idx):
     if idx < PTRS_PER_PMD:
         slot = (pmdp & 0xFFFFF000) + idx * 8
         if cpu.address_ok(slot, 8):
-            pmd = _u64(cpu, slot)
+            pmd = cpu.u64_at(slot)
             if (pmd & _PAGE_PRESENT and not _gpmd_ok(cpu, pmd)
                     and pmd not in cpu.host.switcher_pmds):
                 cpu.kill_guest("bad page middle directory entry")

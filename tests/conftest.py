@@ -25,6 +25,16 @@ from pathlib import Path
 
 import pytest
 
+# The suite starts Launchers as a user at a terminal does.  A shell that runs us
+# in the background (`make test &`, a CI script's job) hands SIGINT and SIGQUIT
+# down ignored, and an ignored signal stays ignored across exec -- which the
+# Launcher rightly keeps (the nohup case of tests/test_exits.py) -- so our
+# children get the defaults back; a test that wants one ignored says so.
+for _sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+    if signal.getsignal(_sig) == signal.SIG_IGN:
+        signal.signal(_sig, signal.default_int_handler if _sig == signal.SIGINT
+                      else signal.SIG_DFL)
+
 ROOT = Path(__file__).resolve().parent.parent
 LAUNCHER = ROOT / "launcher.py"
 GUEST = ROOT / "guest" / "guest.elf"
