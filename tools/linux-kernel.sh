@@ -16,7 +16,9 @@
 #     -fno-pic (distributions default to PIE; the kernel is not relocatable
 #     code of that sort), -fcf-protection=none (no endbr32 instructions),
 #     -fno-stack-protector (distributions turn it on by default); each only
-#     if this gcc knows it.
+#     if this gcc knows it.  Not -fno-stack-protector when the configuration
+#     asks for a stack protector (CC_STACKPROTECTOR*): KCFLAGS come last on
+#     gcc's command line, so it would silently build a kernel without one.
 #   - HOSTCFLAGS with -fcommon for the build's own host tools, which define
 #     the same variable in several files (gcc 10 made that an error).  Never
 #     in KCFLAGS: 3.16's linker script has no *(COMMON) in .bss, so common
@@ -87,11 +89,28 @@ for line in ${LINUX_CONFIG_ADD:-}; do
 done
 kmake -s KCONFIG_ALLCONFIG="$allconfig" allnoconfig >"$out/config.log" 2>&1 ||
     die "configuring failed: $(tail -n 1 "$out/config.log")"
+# Our fragment's memory model (HIGHMEM4G) is only a default: one of its
+# Kconfig choice given in LINUX_CONFIG_ADD (NOHIGHMEM, HIGHMEM64G for PAE)
+# replaces it, and then ours is rightly off.
+memory_models="CONFIG_NOHIGHMEM CONFIG_HIGHMEM4G CONFIG_HIGHMEM64G"
+user_model=
+for line in ${LINUX_CONFIG_ADD:-}; do
+    for m in $memory_models; do
+        [ "$line" != "$m=y" ] || user_model=$m
+    done
+done
 missing=
 for opt in $(sed -n 's/^\(CONFIG_[A-Za-z0-9_]*\)=y$/\1/p' "$allconfig"); do
+    if [ -n "$user_model" ] && [ "$opt" != "$user_model" ]; then
+        case " $memory_models " in *" $opt "*) continue ;; esac
+    fi
     grep -qx "$opt=y" "$out/.config" || missing="$missing $opt"
 done
 [ -z "$missing" ] || die "this tree's Kconfig would not turn on:$missing (see $out/.config)"
+# A configuration with a stack protector gets one (see the flags above).
+if grep -q '^CONFIG_CC_STACKPROTECTOR=y' "$out/.config"; then
+    kcflags=$(echo "$kcflags" | sed 's/ *-fno-stack-protector//')
+fi
 echo "linux-kernel: configured Linux $(kmake -s kernelversion 2>/dev/null) in $out (KCFLAGS=$kcflags)"
 [ -z "$config_only" ] || exit 0
 
