@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Run the Linux 3.16 C Launcher, unmodified, on pylguest's Host.
 
-    c_launcher.py [--launcher=PATH] <the C Launcher's own arguments>
+    c_launcher.py [--launcher=PATH] [--trace=FILE [--trace-events=N]] [--stats]
+                  <the C Launcher's own arguments>
 
     .venv/bin/python c_launcher.py --block=images/disk.img --initrd=initrd.cpio.gz \\
         64 ../shared/linux/vmlinux console=hvc0
@@ -9,6 +10,9 @@
 PATH defaults to ../shared/linux/lguest-launcher-3.16-dynamic: tools/lguest/lguest.c of
 Linux 3.16 built for i386 against glibc.  Everything after it is the C Launcher's
 command line (see its usage; `--tunnet=IP[:MAC]`, `--block=`, `--initrd=`, `--rng`...).
+--trace, --trace-events and --stats are launcher.py's (lgtrace/): the Host's side of
+the run -- its exits, hypercalls, traps and interrupts -- is watched the same way; the
+devices are the C Launcher's, so there are no device tracks or queue counts.
 
 Processes (see README "The C Launcher on our Host"):
 
@@ -159,13 +163,52 @@ def watch(proc, sig_r, server, status):
             return
 
 
+def our_options(argv):
+    """Take our own options off the front of argv: (launcher, trace, events, stats)."""
+    launcher, trace, events, stats = DEFAULT_LAUNCHER, None, None, False
+    while argv:
+        arg = argv[0]
+        if arg.startswith("--launcher="):
+            launcher = os.path.abspath(arg[len("--launcher="):])
+        elif arg.startswith("--trace="):
+            trace = arg[len("--trace="):]
+        elif arg.startswith("--trace-events="):
+            events = arg[len("--trace-events="):]
+        elif arg == "--stats":
+            stats = True
+        else:
+            break
+        argv.pop(0)
+    if events is not None and not (events.isascii() and events.isdigit()
+                                   and int(events) > 0):
+        die("Trace size '%s' is not a positive number of events" % events)
+    return launcher, trace, events, stats
+
+
+def start_tracing(trace, events, stats, argv):
+    """--trace/--stats as launcher.py's start_tracing(), before the Guest exists; the
+    kernel (the C's second positional argument) names the eips."""
+    import lgtrace
+    from lgtrace.record import DEFAULT_EVENTS
+    fd = None
+    if trace is not None:
+        try:
+            fd = os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            die("Failed to open trace file %s: %s" % (trace, e.strerror))
+    positional = [a for a in argv if not a.startswith("--")]
+    kernel = positional[1] if len(positional) > 1 else None
+    lgtrace.start(fd, stats, int(events) if events else DEFAULT_EVENTS, children=0,
+                  kernel=kernel)
+
+
 def main(argv):
-    launcher = DEFAULT_LAUNCHER
-    if argv and argv[0].startswith("--launcher="):
-        launcher = os.path.abspath(argv.pop(0)[len("--launcher="):])
+    launcher, trace, events, stats = our_options(argv)
     check(launcher)
     sys.path.insert(0, ROOT)
     from host.lguest_socket import LguestServer
+    if trace is not None or stats:
+        start_tracing(trace, events, stats, argv)
 
     ctypes.CDLL(None).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     try:
@@ -197,6 +240,9 @@ def main(argv):
             termios.tcsetattr(0, termios.TCSANOW, saved_term)
         except termios.error:
             pass
+    if trace is not None or stats:
+        import lgtrace
+        lgtrace.finish()            # the Launcher and its threads are gone, the terminal is back
     rc = status[0] if status else 1
     return 128 - rc if rc < 0 else rc
 

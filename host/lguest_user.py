@@ -218,6 +218,7 @@ class LguestFile:
                 return -errno.EFAULT
             if args[0] >= LGUEST_IRQS:
                 return -errno.EINVAL
+            if lgtrace.on: lgtrace.lhreq_irq(args[0])
             g.channel.set_interrupt(args[0])
             return 0
         if req == LHREQ_EVENTFD:

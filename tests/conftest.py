@@ -14,6 +14,7 @@ Markers (registered in pytest.ini): `root` (skipped with the reason unless we ar
 `net` (makes a network namespace; root too), `slow` (several seconds or more).
 """
 import os
+import re
 import signal
 import struct
 import subprocess
@@ -676,3 +677,24 @@ def page_of(devices):
     """The device page of a DeviceList, as a memoryview."""
     from devices.abi import PAGE_SIZE
     return devices.mem.view[devices.descpage:devices.descpage + PAGE_SIZE]
+
+
+# --- --stats -----------------------------------------------------------------------
+
+def guest_hcalls(stdout):
+    """{NAME: (trap, async)} from our Guest's lghcalls=1 lines."""
+    return {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
+        r"^hcalls: \d+ (\w+) trap=(\d+) async=(\d+)$", stdout, re.M)}
+
+
+def host_hcalls(stderr):
+    """{NAME: (trap, async)} from the Hypercalls table of --stats."""
+    table = stderr.split("Hypercalls (", 1)[1].split("\n\n", 2)[2]
+    out = {}
+    for line in table.splitlines():
+        m = re.match(r"\s+LHCALL_(\w+)\s+(\d+)\s+(\d+)\s+(\d+)$", line)
+        if not m:
+            break
+        assert int(m.group(2)) + int(m.group(3)) == int(m.group(4))
+        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
+    return out

@@ -77,6 +77,34 @@ def test_our_guest_passes_its_tests_under_the_c_launcher(tmp_path, guest_elf, sh
     assert_c_power_off(proc)
 
 
+def test_stats_and_trace_watch_the_c_launchers_guest(tmp_path, guest_elf, shim):
+    """--stats and --trace on c_launcher.py watch the Host's side of the C Launcher's
+    run: every hypercall our Guest counted is in the table, the LHREQ_IRQs its device
+    threads wrote are raised interrupts, and the trace is JSON with the Guest's track."""
+    import json
+    from conftest import guest_hcalls, host_hcalls, make_image
+    disk = make_image(tmp_path / "disk.img", 1 << 20, seed=17)
+    trace = tmp_path / "c.json"
+    proc = subprocess.run(
+        [PYTHON, str(ROOT / "c_launcher.py"), "--launcher=%s" % C_LAUNCHER, "--stats",
+         "--trace=%s" % trace, "--block=%s" % disk, "64", str(guest_elf),
+         "lgtest=hcall,async,irq,blk-read", "lghcalls=1"],
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    assert_c_power_off(proc)
+    mine = guest_hcalls(proc.stdout)
+    assert mine["NOTIFY"][0] > 0 and sum(a for _, a in mine.values()) > 0
+    assert host_hcalls(proc.stderr) == mine
+    # The block device's interrupt (IRQ 1): raised by an LHREQ_IRQ of the C's
+    # device thread, delivered to the Guest.
+    m = re.search(r"^\s+1\s+\S.*?\s(\d+)\s+(\d+)\s+\d+\s+\d+\s+\d+\s+\d+$",
+                  proc.stderr.split("Interrupts (", 1)[1], re.M)
+    assert m and int(m.group(1)) > 0 and int(m.group(2)) > 0, proc.stderr
+    with open(trace) as f:
+        names = {e.get("name") for e in json.load(f)["traceEvents"]}
+    assert {"LHCALL_LGUEST_INIT", "LHCALL_NOTIFY", "IRQ 1 delivered"} <= names
+
+
 def assert_c_power_off(proc):
     """Power-off is a Guest death to the C Launcher: errx(1, "%s", reason) after
     read() said ENOENT and then gave the reason.  Unless one of its device threads

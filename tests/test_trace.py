@@ -16,8 +16,8 @@ import time
 import psutil
 import pytest
 
-from conftest import (LAUNCHER, PYTHON, ROOT, assert_no_traceback, launch,
-                      lgtest_lines, make_image)
+from conftest import (LAUNCHER, PYTHON, ROOT, assert_no_traceback, guest_hcalls,
+                      host_hcalls, launch, lgtest_lines, make_image)
 
 LINUX = ROOT.parent / "shared" / "linux"
 INITRD = ROOT / "images" / "linux-initrd.cpio.gz"
@@ -63,25 +63,6 @@ def check_trace(events):
         elif e["ph"] in "sf":
             assert abs(begun[track]["ts"] + 0.002 - e["ts"]) < 1e-6, (e, begun[track])
     return per
-
-
-def guest_hcalls(stdout):
-    """{NAME: (trap, async)} from our Guest's lghcalls=1 lines."""
-    return {m.group(1): (int(m.group(2)), int(m.group(3))) for m in re.finditer(
-        r"^hcalls: \d+ (\w+) trap=(\d+) async=(\d+)$", stdout, re.M)}
-
-
-def host_hcalls(stderr):
-    """{NAME: (trap, async)} from the Hypercalls table of --stats."""
-    table = stderr.split("Hypercalls (", 1)[1].split("\n\n", 2)[2]
-    out = {}
-    for line in table.splitlines():
-        m = re.match(r"\s+LHCALL_(\w+)\s+(\d+)\s+(\d+)\s+(\d+)$", line)
-        if not m:
-            break
-        assert int(m.group(2)) + int(m.group(3)) == int(m.group(4))
-        out[m.group(1)] = (int(m.group(2)), int(m.group(3)))
-    return out
 
 
 def test_stats_count_the_hypercalls_our_guest_made(run_launcher):
