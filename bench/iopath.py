@@ -40,7 +40,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import initramfs, script_image  # noqa: E402
+from bench.linux_guest import initramfs_or_skip, script_image  # noqa: E402
 from bench.net import NetNS, net_unavailable            # noqa: E402
 
 HOST_IP, GUEST_IP = "10.213.11.1", "10.213.11.2"
@@ -120,12 +120,8 @@ def main():
     ap.add_argument("--kernel", default=str(ROOT.parent / "shared" / "linux" / "vmlinux"))
     opts = ap.parse_args()
     kernel = Path(opts.kernel)
-    if not kernel.is_file():
-        print("bench/iopath.py: skipped: no Linux guest kernel at %s (--kernel)" % kernel)
-        return 0
-    initrd, why = initramfs()
+    initrd = initramfs_or_skip("bench/iopath.py", kernel)
     if initrd is None:
-        print("bench/iopath.py: skipped: no initramfs (%s)" % why.splitlines()[-1])
         return 0
     net = opts.workload == "ping"
     if net and net_unavailable():

@@ -47,7 +47,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.linux_guest import initramfs, script_image  # noqa: E402
+from bench.linux_guest import initramfs_or_skip, script_image  # noqa: E402
 from bench.net import (NetNS, flood, icmp_socket, net_unavailable,  # noqa: E402
                        ping, wait_for_reply)
 
@@ -343,13 +343,8 @@ def main():
     if bad:
         ap.error("--only: unknown group %s (block, net, cpu)" % ",".join(bad))
     kernel = Path(opts.kernel)
-    if not kernel.is_file():
-        print("bench/linux.py: skipped: no Linux guest kernel at %s (--kernel)" % kernel)
-        return 0
-    initrd, why = initramfs()
+    initrd = initramfs_or_skip("bench/linux.py", kernel)
     if initrd is None:
-        print("bench/linux.py: skipped: no initramfs (make images/linux-initrd.cpio.gz: %s)"
-              % why.splitlines()[-1])
         return 0
     net_why = net_unavailable() if "net" in opts.only else "not asked for"
 

@@ -25,6 +25,19 @@ def initramfs():
     return INITRD, None
 
 
+def initramfs_or_skip(bench, kernel):
+    """What a Linux bench needs before it boots: the initramfs's path, or None after
+    one "BENCH: skipped: ..." line (no kernel at `kernel`, no initramfs here)."""
+    if not os.path.isfile(kernel):
+        print("%s: skipped: no Linux guest kernel at %s (--kernel)" % (bench, kernel))
+        return None
+    initrd, why = initramfs()
+    if initrd is None:
+        print("%s: skipped: no initramfs (make images/linux-initrd.cpio.gz: %s)"
+              % (bench, why.splitlines()[-1]))
+    return initrd
+
+
 def script_image(path, text):
     """Write text to path padded with NULs to whole pages (the initramfs drops them)."""
     data = text.encode()
