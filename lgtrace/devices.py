@@ -35,33 +35,31 @@ _kicks = {}          # irq -> kicks so far (the numbers the worker counts too)
 _completions = {}    # irq -> completions so far (the worker's request numbers)
 
 
+def _span(what, args, handler, *handler_args):
+    """Run handler(*handler_args) as a span (what, start, thread, *args, duration)
+    of the Launcher's events, or plainly when only --stats is on."""
+    events = record.EVENTS
+    if events is None:
+        return handler(*handler_args)
+    ev = [what, now(), record.thread_tid(), *args, 0]
+    events.append(ev)
+    try:
+        return handler(*handler_args)
+    finally:
+        ev[-1] = now() - ev[1]
+
+
 def kick(lg, vq):
     """devices.handle_output(): the Guest kicked vq; run its handler in a span."""
     irq = vq.irq
     record.COUNTERS[counter(irq, KICKS)] += 1
     seq = _kicks[irq] = _kicks.get(irq, 0) + 1
-    events = record.EVENTS
-    if events is None:
-        return vq.handle_output(lg, vq)
-    ev = ["kick", now(), record.thread_tid(), irq, seq, 0]
-    events.append(ev)
-    try:
-        return vq.handle_output(lg, vq)
-    finally:
-        ev[5] = now() - ev[1]
+    return _span("kick", (irq, seq), vq.handle_output, lg, vq)
 
 
 def handle_input(lg, dev):
     """devices.handle_input(): dev's fd is readable; run its handler in a span."""
-    events = record.EVENTS
-    if events is None:
-        return dev.handle_input(lg, dev)
-    ev = ["input", now(), record.thread_tid(), dev.fd, 0]
-    events.append(ev)
-    try:
-        return dev.handle_input(lg, dev)
-    finally:
-        ev[4] = now() - ev[1]
+    return _span("input", (dev.fd,), dev.handle_input, lg, dev)
 
 
 def transfer(vq, nbytes):
