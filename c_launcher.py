@@ -179,9 +179,6 @@ def our_options(argv):
         else:
             break
         argv.pop(0)
-    if events is not None and not (events.isascii() and events.isdigit()
-                                   and int(events) > 0):
-        die("Trace size '%s' is not a positive number of events" % events)
     return launcher, trace, events, stats
 
 
@@ -189,17 +186,20 @@ def start_tracing(trace, events, stats, argv):
     """--trace/--stats as launcher.py's start_tracing(), before the Guest exists; the
     kernel (the C's second positional argument) names the eips."""
     import lgtrace
-    from lgtrace.record import DEFAULT_EVENTS
+    from lgtrace.record import DEFAULT_EVENTS, event_limit
+    try:
+        limit = event_limit(events) if events is not None else DEFAULT_EVENTS
+    except ValueError as e:
+        die(str(e))
     fd = None
     if trace is not None:
         try:
             fd = os.open(trace, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as e:
             die("Failed to open trace file %s: %s" % (trace, e.strerror))
-    positional = [a for a in argv if not a.startswith("--")]
+    positional = [a for a in argv if not a.startswith("-")]     # -v, --block=...
     kernel = positional[1] if len(positional) > 1 else None
-    lgtrace.start(fd, stats, int(events) if events else DEFAULT_EVENTS, children=0,
-                  kernel=kernel)
+    lgtrace.start(fd, stats, limit, children=0, kernel=kernel)
 
 
 def main(argv):

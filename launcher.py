@@ -121,7 +121,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from devices.abi import DEVICE_PAGES, PAGE_SIZE, U16, U32      # noqa: E402
 from devices.errors import LauncherError, c_hex, err, errx     # noqa: E402
 import lgtrace                                                 # noqa: E402
-from lgtrace.record import DEFAULT_EVENTS, RING_RECORDS        # noqa: E402
+from lgtrace.record import DEFAULT_EVENTS, RING_RECORDS, event_limit  # noqa: E402
 
 # --- Small helpers ---------------------------------------------------------
 
@@ -691,10 +691,10 @@ def parse_args(argv):
     if not 1 <= ns.mem_mb <= MAX_MEM_MB:
         errx("Memory size %u MB is out of range (1 to %u)"
              % (ns.mem_mb, MAX_MEM_MB))
-    n = ns.trace_events
-    if not (n.isascii() and n.isdigit() and int(n) > 0):
-        errx("Trace size '%s' is not a positive number of events" % n)
-    ns.trace_events = int(n)
+    try:
+        ns.trace_events = event_limit(ns.trace_events)
+    except ValueError as e:
+        errx(str(e))
     return ns
 
 

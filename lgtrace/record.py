@@ -72,6 +72,14 @@ _trace_fd = None
 _thread_names = {}
 
 
+def event_limit(text):
+    """The N of --trace-events=N (text) as an int > 0; ValueError, whose text is the
+    Launchers' one line, otherwise."""
+    if not (text.isascii() and text.isdigit() and int(text) > 0):
+        raise ValueError("Trace size '%s' is not a positive number of events" % text)
+    return int(text)
+
+
 def counter(irq, what):
     """Index in COUNTERS of virtqueue counter `what` (KICKS...) for the queue on irq."""
     return irq * 4 + what
